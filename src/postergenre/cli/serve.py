@@ -1,0 +1,8 @@
+"""`postergenre serve`."""
+
+from __future__ import annotations
+
+
+def serve() -> None:
+    """(being built)"""
+    raise NotImplementedError

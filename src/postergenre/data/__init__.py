@@ -1,0 +1,1 @@
+"""Data: labels files, poster download, dataset preparation, the poster loader."""

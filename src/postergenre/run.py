@@ -1,0 +1,136 @@
+"""The run directory: what `train` writes and `evaluate`, `predict`, `serve` and `export` read.
+
+    RUN/
+      config.json          model name and kwargs, genres, input size, training settings
+      weights.safetensors  the best weights; with "partial_weights": true in the config only the
+                           trained tensors are stored and the rest (a pretrained ImageNet
+                           backbone) comes from the model's builder
+      thresholds.json      per-genre decision thresholds tuned on val
+      history.jsonl        one JSON object per epoch
+      checkpoint/          the last epoch's state, for `train --resume`
+      metrics.json, report.html   written by `evaluate`
+
+The shipped model is a run directory inside the package (`postergenre/assets/default`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from postergenre.errors import RunError
+from postergenre.io import atomic_open, atomic_write_json
+
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+THRESHOLDS = "thresholds.json"
+HISTORY = "history.jsonl"
+
+
+def default_run_dir() -> Path:
+    """The model shipped inside the package."""
+    return Path(str(resources.files("postergenre") / "assets" / "default"))
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def genres(self) -> list[str]:
+        return list(self.config["genres"])
+
+    @property
+    def model_name(self) -> str:
+        return self.config["model"]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.config["input_size"])  # type: ignore[return-value]
+
+    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The model with its weights, in eval mode."""
+        from postergenre.models import create_model
+
+        kwargs = dict(self.config.get("model_kwargs", {}))
+        model = create_model(self.model_name, len(self.genres), **kwargs)
+        load_weights(model, self.path / WEIGHTS, partial=self.config.get("partial_weights", False))
+        return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, path: Path, partial: bool = False) -> None:
+    if not path.is_file():
+        raise RunError(f"{path}: weights file is missing")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise RunError(f"{path}: not a readable safetensors file ({e})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (missing and not partial):
+        bad = (unexpected or missing)[:3]
+        raise RunError(f"{path}: weights do not match the model (e.g. {', '.join(bad)})")
+
+
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path,
+                 keys: list[str] | None = None) -> None:
+    """Save (a subset of) a state dict as safetensors, atomically."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    if keys is not None:
+        state = {k: state[k] for k in keys}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def load_run(path: str | Path | None = None) -> Run:
+    """Read a run directory; None means the shipped model."""
+    run_dir = Path(path) if path is not None else default_run_dir()
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        what = "shipped model is missing" if path is None else "not a run folder (no config.json)"
+        raise RunError(f"{run_dir}: {what}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{config_path}: invalid JSON ({e.msg})") from None
+    for key in ("model", "genres", "input_size"):
+        if key not in config:
+            raise RunError(f"{config_path}: missing {key!r}")
+    thresholds: dict[str, float] = {}
+    if (run_dir / THRESHOLDS).is_file():
+        thresholds = json.loads((run_dir / THRESHOLDS).read_text(encoding="utf-8"))
+    return Run(run_dir, config, thresholds)
+
+
+def save_config(run_dir: Path, config: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / CONFIG, config)
+
+
+def save_thresholds(run_dir: Path, thresholds: dict[str, float]) -> None:
+    atomic_write_json(run_dir / THRESHOLDS, {g: float(t) for g, t in thresholds.items()})
+
+
+def append_history(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's record; the file is rewritten atomically so it is never half a line."""
+    path = run_dir / HISTORY
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(old + json.dumps(record) + "\n")
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

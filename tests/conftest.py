@@ -1,0 +1,29 @@
+"""Shared fixtures: the real data folder (tests skip cleanly without it) and synthetic posters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """../shared/data next to the repository; skips the test when it is absent."""
+    if not (REAL_DATA / "posters").is_dir():
+        pytest.skip("real data (../shared/data) not available")
+    return REAL_DATA
+
+
+def make_poster(path: Path, seed: int = 0, size: tuple[int, int] = (182, 268)) -> Path:
+    """Write a small random-colour JPEG poster (width, height) and return its path."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, 3)
+    arr = np.clip(base + rng.normal(0, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, "JPEG", quality=85)
+    return path
