@@ -9,6 +9,10 @@ class InvalidImageError(PosterGenreError):
     """A file or byte string that is not a usable poster image."""
 
 
+class NotAnImageError(InvalidImageError):
+    """Bytes in no image format at all (as opposed to a truncated image or a decompression bomb)."""
+
+
 class DatasetError(PosterGenreError):
     """A labels file, poster folder or dataset directory that cannot be used."""
 

@@ -3,17 +3,29 @@
 Plain arrays in and out: `predict_proba` takes a (N, 3, H, W) float array/tensor in [0, 1]
 (what `data.images.load_poster` makes) and returns (N, n_genres) probabilities.
 Two backends compute the same numbers: PyTorch eager, and onnxruntime (export.py).
+
+Around it, what `postergenre predict` needs: inputs expanded from files, folders and URLs
+(`expand_inputs`, `fetch_url`), titles looked up by the imdbId in a file name (`load_titles`),
+batched prediction with decoding overlapped with the model (`predict_stream`), and the
+table / JSON-lines / CSV output formats.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
 from postergenre.data.images import PosterSource, load_poster_array
+from postergenre.errors import InvalidImageError, PosterGenreError
 from postergenre.run import Run, load_run
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -37,8 +49,6 @@ class TorchBackend:
 def make_backend(run: Run, backend: str = "auto", device: str = "cpu"):
     """'torch', 'onnx', or 'auto' (onnxruntime when installed and the device is the CPU)."""
     if backend not in BACKENDS:
-        from postergenre.errors import PosterGenreError
-
         raise PosterGenreError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "onnx" or (backend == "auto" and device == "cpu"):
         from postergenre.export import OnnxBackend, onnx_available
@@ -96,3 +106,184 @@ class Predictor:
             hits = [(self.genres[j], float(p[j])) for j in np.flatnonzero(p >= self.thresholds)]
             result.append(sorted(hits, key=lambda t: -t[1]))
         return result
+
+
+# --- inputs: files, folders, URLs ----------------------------------------------------------
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+URL_TIMEOUT_S = 15.0
+MAX_URL_BYTES = 20 * 1024 * 1024
+
+
+def is_url(text: str | os.PathLike) -> bool:
+    return isinstance(text, str) and text.lower().startswith(("http://", "https://"))
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Files and URLs as given; folders replaced by their image files (recursively, sorted).
+
+    Nothing is checked here beyond walking folders: a missing file is reported when it is read.
+    A folder without images is an error.
+    """
+    out: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if not is_url(item) and path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise PosterGenreError(f"{path}: folder holds no poster images")
+            out.extend(str(p) for p in found)
+        else:
+            out.append(str(item))
+    return out
+
+
+def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_URL_BYTES,
+              client: httpx.Client | None = None) -> bytes:
+    """Download an image URL (redirects followed), refusing bodies over `max_bytes`."""
+    try:
+        with (client or httpx).stream("GET", url, timeout=timeout, follow_redirects=True) as r:
+            if r.status_code != 200:
+                raise InvalidImageError(f"{url}: HTTP {r.status_code}")
+            if int(r.headers.get("content-length") or 0) > max_bytes:
+                raise InvalidImageError(f"{url}: larger than {max_bytes:,} bytes")
+            data = bytearray()
+            for chunk in r.iter_bytes():
+                data += chunk
+                if len(data) > max_bytes:
+                    raise InvalidImageError(f"{url}: larger than {max_bytes:,} bytes")
+            return bytes(data)
+    except httpx.TimeoutException:
+        raise InvalidImageError(f"{url}: timed out after {timeout:g} s") from None
+    except httpx.HTTPError as e:
+        raise InvalidImageError(f"{url}: unreachable ({type(e).__name__})") from None
+
+
+# --- titles -------------------------------------------------------------------------------
+
+
+def load_titles(labels: str | os.PathLike | None = None, run: Run | None = None) -> dict[int, str]:
+    """imdbId -> title, from a labels CSV (MovieGenre.csv or imdbId,Title,Genre) and/or the
+    splits of the dataset the run was trained on (its config's "dataset", when still present)."""
+    titles: dict[int, str] = {}
+    dataset = (run.config.get("dataset") if run is not None else None) or None
+    if dataset and Path(dataset).is_dir():
+        from postergenre.data.dataset import SPLITS, load_split
+
+        for name in SPLITS:
+            try:
+                split = load_split(dataset, name)
+            except PosterGenreError:
+                continue
+            titles.update((int(i), t) for i, t in zip(split.ids, split.titles, strict=True) if t)
+    if labels is not None:
+        from postergenre.data.movies import read_labels
+
+        table = read_labels(labels).table
+        table = table[table["imdbId"].notna() & (table["title"] != "")]
+        titles.update(zip(table["imdbId"].astype(int), table["title"], strict=True))
+    return titles
+
+
+def file_name(source: str) -> str:
+    """The last part of a path or URL (query string dropped)."""
+    if is_url(source):
+        return source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or source
+    return Path(source).name
+
+
+def imdb_id(source: str) -> int | None:
+    """The IMDB id in a poster's file name (`114709.jpg`, `tt0114709.jpg`), else None."""
+    stem = file_name(source).rsplit(".", 1)[0].removeprefix("tt")
+    return int(stem) if stem.isdigit() else None
+
+
+def title_of(source: str, titles: dict[int, str]) -> str | None:
+    return titles.get(imdb_id(source))  # type: ignore[arg-type]
+
+
+# --- streaming prediction -----------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """One input's result: probabilities (n_genres,), or the one-line reason it failed."""
+
+    source: str
+    probabilities: np.ndarray | None = None
+    error: str | None = None
+
+
+def _decode(source: str, size: tuple[int, int]) -> np.ndarray | str:
+    try:
+        data = fetch_url(source) if is_url(source) else source
+        return load_poster_array(data, size)
+    except PosterGenreError as e:
+        return str(e)
+
+
+def predict_stream(predictor: Predictor, sources: Sequence[str], workers: int = 2,
+                   on_done: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+    """Predictions for files and URLs, in input order, one batch at a time.
+
+    Posters are decoded (and URLs fetched) in a thread pool while the model scores the
+    previous batch; a bad input yields a Prediction with `error` set, the others go on.
+    `on_done(n)` is called after each batch with its size (for a progress bar).
+    """
+    size, bs = predictor.input_size, predictor.batch_size
+    batches = [list(sources[i : i + bs]) for i in range(0, len(sources), bs)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque[list[Future]] = deque()
+        for batch in batches[:2]:  # decode one batch ahead of the model
+            pending.append([pool.submit(_decode, s, size) for s in batch])
+        for i, batch in enumerate(batches):
+            decoded = [f.result() for f in pending.popleft()]
+            if i + 2 < len(batches):
+                pending.append([pool.submit(_decode, s, size) for s in batches[i + 2]])
+            good = [j for j, d in enumerate(decoded) if not isinstance(d, str)]
+            probs = np.zeros((0, len(predictor.genres)), np.float32)
+            if good:
+                x = np.stack([decoded[j] for j in good]).transpose(0, 3, 1, 2)
+                probs = predictor.predict_proba(x.astype(np.float32) / 255.0)
+            row = dict(zip(good, probs, strict=True))
+            for j, source in enumerate(batch):
+                d = decoded[j]
+                yield (Prediction(source, error=d) if isinstance(d, str)
+                       else Prediction(source, probabilities=row[j]))
+            if on_done is not None:
+                on_done(len(batch))
+
+
+# --- output formats -----------------------------------------------------------------------
+
+FORMATS = ("table", "json", "csv")
+
+
+def format_table_row(name: str, top: list[tuple[str, float]], width: int = 0) -> str:
+    """`The Pianist (2002)   Drama (0.71), War (0.43), History (0.40)`"""
+    genres = ", ".join(f"{g} ({p:.2f})" for g, p in top) or "(no genre over its threshold)"
+    return f"{name:<{width}}   {genres}"
+
+
+def json_record(source: str, title: str | None, top: list[tuple[str, float]],
+                probabilities: np.ndarray, genres: Sequence[str]) -> str:
+    """One JSON object per line: path, title (null when unknown), top genres, every score."""
+    record = {
+        "path": source,
+        "title": title,
+        "top": [[g, round(p, 4)] for g, p in top],
+        "scores": {g: round(float(p), 4) for g, p in zip(genres, probabilities, strict=True)},
+    }
+    return json.dumps(record, ensure_ascii=False)
+
+
+def csv_header(genres: Sequence[str]) -> list[str]:
+    return ["path", "title", "top", *genres]
+
+
+def csv_row(source: str, title: str | None, top: list[tuple[str, float]],
+            probabilities: np.ndarray) -> list[str]:
+    """path, title, top genres as 'Drama|War|History', then one score per genre."""
+    return [source, title or "", "|".join(g for g, _ in top),
+            *(f"{p:.4f}" for p in probabilities)]

@@ -1,8 +1,75 @@
-"""`postergenre evaluate`."""
+"""`postergenre evaluate`: a run's metrics on a dataset split, beside the prior baseline."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 
-def evaluate() -> None:
-    """(being built)"""
-    raise NotImplementedError
+import typer
+
+from postergenre.cli.predict import progress_bar
+
+SPLITS = ("train", "val", "test")
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="The run folder to evaluate (what `train` wrote)."),
+    split: str = typer.Option("test", "--split", help="Dataset split: train, val or test."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write metrics.json and report.html (default: RUN)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Dataset folder (default: the one named in the run's config)."),
+    n_boot: int = typer.Option(1000, "--bootstrap", min=0,
+                               help="Bootstrap resamples for the 95% intervals (0: none)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Write metrics.json only."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+) -> None:
+    """Score RUN on a dataset split: top-3 hit, macro/micro AP, ROC-AUC, F1 at tuned
+    thresholds, Hamming loss, precision/recall@k, each beside the prior baseline (constant
+    train genre frequencies). Writes metrics.json and a self-contained report.html."""
+    from postergenre.data.dataset import load_split
+    from postergenre.evaluate import evaluate_run
+    from postergenre.run import load_run
+
+    if split not in SPLITS:
+        raise typer.BadParameter(f"must be one of {', '.join(SPLITS)}", param_hint="--split")
+    config = load_run(run).config  # a bad run folder is reported before anything else
+    dataset = data or config.get("dataset")
+    total = len(load_split(dataset, split)) if dataset else 0
+    failures: list[str] = []
+    with progress_bar(total) as advance:
+        results = evaluate_run(run, data, split, out, n_boot=n_boot, backend=backend,
+                               report=not no_report, on_done=advance, on_error=failures.append)
+    for message in failures[:10]:
+        print(f"warning: skipped {message}", file=sys.stderr)
+    if len(failures) > 10:
+        print(f"warning: {len(failures) - 10} more posters skipped", file=sys.stderr)
+    _print_summary(results)
+    where = out or run
+    typer.echo(f"wrote {where / 'metrics.json'}"
+               + ("" if no_report else f" and {where / 'report.html'}"))
+
+
+def _print_summary(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    model, prior = results["model"], results["prior"]
+    table = Table(title=f"{results['split']} split: {model['n_posters']} posters")
+    for column in ("metric", "model", "prior"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key in ("top3_hit", "macro_ap", "micro_ap", "macro_roc_auc", "macro_f1", "micro_f1",
+                "samples_f1", "hamming_loss", "precision_at_1", "precision_at_3", "recall_at_3"):
+        cells = []
+        for res in (model, prior):
+            value = res.get(key)
+            ci = res.get("ci", {}).get(key)
+            text = "-" if value is None else f"{value:.3f}"
+            if ci and None not in ci:
+                text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            cells.append(text)
+        table.add_row(key, *cells)
+    Console().print(table)
+    if model["excluded_genres"]:
+        typer.echo(f"left out of macro averages (< {model['min_positives']} positives): "
+                   + ", ".join(model["excluded_genres"]))

@@ -1,8 +1,129 @@
-"""`postergenre predict`."""
+"""`postergenre predict`: genres of poster files, folders and URLs."""
 
 from __future__ import annotations
 
+import csv
+import sys
+from pathlib import Path
 
-def predict() -> None:
-    """(being built)"""
-    raise NotImplementedError
+import typer
+
+LONG_LIST = 200  # show a progress bar for lists this long even when stderr is not a terminal
+
+
+def predict(
+    paths: list[str] = typer.Argument(
+        ..., metavar="PATH...",
+        help="Poster files, folders (searched recursively) and http(s) URLs.",
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", "-m",
+        help="Run folder to use (default: the model shipped with the package).",
+    ),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres to list per poster."),
+    threshold: str | None = typer.Option(
+        None, "--threshold",
+        help="'tuned' lists the genres over their tuned per-genre thresholds instead of the top k; "
+             "a number in [0, 1] uses that threshold for every genre.",
+    ),
+    output_format: str = typer.Option(
+        "table", "--format", "-f",
+        help="table: 'Title   Genre (p), ...'; json: one object per line with every score; "
+             "csv: a header, then path, title, top genres and every score.",
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels",
+        help="A labels CSV (MovieGenre.csv or imdbId,Title,Genre) to show titles of posters "
+             "named <imdbId>.jpg; titles of the run's dataset are used when it is present.",
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Posters per model call."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+) -> None:
+    """Predict the genres of posters. Inputs that cannot be read are reported on stderr (one
+    line each) and the others are still predicted; the exit code is then 1."""
+    from postergenre.predict import (
+        FORMATS,
+        Predictor,
+        csv_header,
+        csv_row,
+        expand_inputs,
+        file_name,
+        format_table_row,
+        json_record,
+        load_titles,
+        predict_stream,
+        title_of,
+    )
+
+    if output_format not in FORMATS:
+        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
+    fixed = _parse_threshold(threshold)
+    sources = expand_inputs(paths)
+    predictor = Predictor.load(model, backend=backend, batch_size=batch_size)
+    if fixed is not None:
+        predictor.thresholds[:] = fixed
+    titles = load_titles(labels, predictor.run)
+    names = {s: title_of(s, titles) or file_name(s) for s in sources}
+    width = min(max((len(n) for n in names.values()), default=0), 48)
+
+    writer = csv.writer(sys.stdout, lineterminator="\n") if output_format == "csv" else None
+    if writer is not None:
+        writer.writerow(csv_header(predictor.genres))
+    failed = 0
+    with progress_bar(len(sources)) as advance:
+        for p in predict_stream(predictor, sources, on_done=advance):
+            if p.error is not None:
+                failed += 1
+                print(f"error: {p.error}", file=sys.stderr)
+                continue
+            probs = p.probabilities[None]
+            top = (predictor.over_threshold(probs) if threshold is not None
+                   else predictor.top_k(probs, top_k))[0]
+            title = title_of(p.source, titles)
+            if output_format == "table":
+                print(format_table_row(names[p.source], top, width))
+            elif output_format == "json":
+                print(json_record(p.source, title, top, p.probabilities, predictor.genres))
+            else:
+                writer.writerow(csv_row(p.source, title, top, p.probabilities))
+            sys.stdout.flush()
+    if failed:
+        print(f"{failed} of {len(sources)} inputs failed", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def _parse_threshold(value: str | None) -> float | None:
+    if value is None or value == "tuned":
+        return None
+    try:
+        t = float(value)
+    except ValueError:
+        t = -1.0
+    if not 0.0 <= t <= 1.0:
+        raise typer.BadParameter("must be 'tuned' or a number in [0, 1]", param_hint="--threshold")
+    return t
+
+
+class progress_bar:
+    """A Rich progress bar on stderr for long lists (or any list on a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.bar = None
+        if total > 1 and (sys.stderr.isatty() or total >= LONG_LIST):
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+
+    def __enter__(self):
+        if self.bar is None:
+            return lambda n: None
+        self.bar.start()
+        task = self.bar.add_task("predicting", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+

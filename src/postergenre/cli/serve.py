@@ -1,8 +1,32 @@
-"""`postergenre serve`."""
+"""`postergenre serve [--model RUN] [--host 127.0.0.1] [--port 8000]`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def serve() -> None:
-    """(being built)"""
-    raise NotImplementedError
+import typer
+
+
+def serve(
+    model: Path | None = typer.Option(
+        None, "--model", help="Run folder to serve (default: the model shipped with the package)."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="TCP port to listen on."),
+    backend: str = typer.Option("auto", help="auto (onnxruntime when installed), torch or onnx."),
+    max_upload_mb: float = typer.Option(10.0, min=0.001, help="Largest accepted poster file, MB."),
+    max_batch_files: int = typer.Option(16, min=1, help="Most files in one /predict/batch call."),
+    log_level: str = typer.Option("info", help="uvicorn log level (warning: no access log)."),
+) -> None:
+    """Serve the model over HTTP, with a page at / to try it in a browser.
+
+    POST /predict takes one multipart upload (field "file") and returns the same JSON object
+    as `postergenre predict --json`; POST /predict/batch takes several (field "files").
+    GET /genres, GET /health, and the API docs at /docs (/openapi.json). Every asset is served
+    by the app itself: it works offline. The server never fetches URLs, it only reads uploads.
+    """
+    from postergenre.serve import Limits
+    from postergenre.serve import serve as run_server
+
+    limits = Limits(int(max_upload_mb * 1024 * 1024), max_batch_files)
+    run_server(model, host=host, port=port, backend=backend, limits=limits, log_level=log_level)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from postergenre.errors import InvalidImageError
+from postergenre.errors import InvalidImageError, NotAnImageError
 
 # Pillow's guard against decompression bombs: refuse images above this many pixels.
 MAX_PIXELS = 40_000_000
@@ -46,7 +46,7 @@ def open_poster(source: PosterSource, size: tuple[int, int] | None = None) -> Im
     try:
         if isinstance(source, bytes | bytearray):
             if not source:
-                raise InvalidImageError(f"{name}: empty (0 bytes)")
+                raise NotAnImageError(f"{name}: empty (0 bytes)")
             fp: io.BytesIO | Path = io.BytesIO(source)
         else:
             fp = Path(source)
@@ -73,7 +73,7 @@ def open_poster(source: PosterSource, size: tuple[int, int] | None = None) -> Im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidImageError(f"{name}: decompression bomb (too many pixels)") from None
     except UnidentifiedImageError:
-        raise InvalidImageError(f"{name}: not an image (unrecognised format)") from None
+        raise NotAnImageError(f"{name}: not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         reason = "truncated or corrupt image" if "truncated" in str(e).lower() else str(e)
         raise InvalidImageError(f"{name}: {reason or 'corrupt image'}") from None
@@ -110,5 +110,5 @@ def load_poster(source: PosterSource, size: tuple[int, int]) -> torch.Tensor:
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """(H, W, 3) or (N, H, W, 3) uint8 -> (3, H, W) or (N, 3, H, W) float32 in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
+    t = torch.from_numpy(np.require(array, requirements=("C", "W")))  # writable copy if needed
     return t.movedim(-1, -3).float().div_(255.0)

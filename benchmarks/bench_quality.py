@@ -1,0 +1,192 @@
+"""Quality of frozen-feature models on a dataset: every variant tried, beside the prior baseline.
+
+    python benchmarks/bench_quality.py datasets/shared [--sections choices,imbalance,final]
+
+Features come from the cache (train/features.py; extracted on first use, which takes minutes
+per backbone on a CPU). Choices are made on val; test is reported for the imbalance table and
+the final model only. Macro averages are over genres with >= 10 positives in the split.
+Prints markdown tables (the "Quality" section of docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from multiprocessing import get_context
+
+import numpy as np
+import torch
+
+from postergenre.data.dataset import load_split
+from postergenre.evaluate.metrics import evaluate_scores, prior_scores
+from postergenre.models.efficientnet import make_head
+from postergenre.train.features import FeatureSpec, extract_features
+from postergenre.train.head import fit_head, head_probs
+
+DIMS = {"mean": 1280, "meanmax": 2560}
+LITE0 = "efficientnet-lite0"
+
+
+def features(paths, model=LITE0, size=(268, 182), pool="multi", flip=False) -> np.ndarray:
+    x = extract_features(paths, FeatureSpec(model, size, "multi", flip), progress=False)
+    return x[:, : DIMS.get(pool, x.shape[1])]
+
+
+class Data:
+    """Train/val/test features of one backbone, with flipped copies on demand."""
+
+    def __init__(self, dataset: str) -> None:
+        self.splits = {s: load_split(dataset, s) for s in ("train", "val", "test")}
+        self.y = {s: split.labels for s, split in self.splits.items()}
+
+    def x(self, split: str, flip: str = "none", **spec) -> np.ndarray:
+        """flip: "none"; "test" (val/test average plain and mirrored features); "both" (that,
+        and mirrored copies added to train)."""
+        paths = self.splits[split].paths
+        plain = features(paths, **spec)
+        if flip == "none" or (flip == "test" and split == "train"):
+            return plain
+        mirrored = features(paths, flip=True, **spec)
+        return np.concatenate([plain, mirrored]) if split == "train" else (plain + mirrored) / 2
+
+
+def scores(y: np.ndarray, probs: np.ndarray, genres) -> dict[str, float]:
+    m = evaluate_scores(y, probs, genres)
+    return {k: m[k] for k in ("top3_hit", "macro_ap", "micro_ap", "macro_roc_auc")}
+
+
+def train_probs(data: Data, spec: dict, head: str = "linear", flip: str = "none",
+                splits=("val",), seeds=(0,), **options) -> dict[str, np.ndarray]:
+    """Fit `len(seeds)` heads and return their mean probabilities on `splits`."""
+    xtr, xva = data.x("train", flip, **spec), data.x("val", flip, **spec)
+    ytr = data.y["train"]
+    if flip == "both":  # mirrored training copies (augmentation)
+        ytr = np.concatenate([ytr, ytr])
+    out = {s: 0.0 for s in splits}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        module = make_head(xtr.shape[1], ytr.shape[1], head, options.get("hidden", 512),
+                           options.get("dropout", 0.0))
+        fit_opts = {k: v for k, v in options.items() if k not in ("hidden", "dropout")}
+        fit_head(module, xtr, ytr, xva, data.y["val"], seed=seed, **fit_opts)
+        for s in splits:
+            out[s] = out[s] + head_probs(module, data.x(s, flip, **spec)) / len(seeds)
+    return out
+
+
+def row(name: str, metrics: dict[str, float], base: dict[str, float] | None = None,
+        extra: str = "") -> str:
+    cells = []
+    for k in ("top3_hit", "macro_ap", "micro_ap", "macro_roc_auc"):
+        delta = f" ({metrics[k] - base[k]:+.3f})" if base else ""
+        cells.append(f"{metrics[k]:.3f}{delta}")
+    return f"| {name} | " + " | ".join(cells) + f" |{extra}"
+
+
+HEADER = "| variant | top-3 hit | macro AP | micro AP | macro ROC-AUC |"
+
+
+def sklearn_reference(data: Data, genres) -> dict[str, float]:
+    """The README's floor: mean-pooled features, one logistic regression per genre."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(data.x("train", pool="mean"))
+    xtr, xva = (scaler.transform(data.x(s, pool="mean")) for s in ("train", "val"))
+    probs = np.zeros_like(data.y["val"])
+    for j in range(probs.shape[1]):
+        y = data.y["train"][:, j]
+        if 0 < y.sum() < len(y):
+            lr = LogisticRegression(C=0.01, max_iter=300).fit(xtr, y)
+            probs[:, j] = lr.predict_proba(xva)[:, 1]
+    return scores(data.y["val"], probs, genres)
+
+
+CHOICES: list[tuple[str, dict]] = [
+    ("lite0 mean, linear head", {"spec": {"pool": "mean"}}),
+    ("lite0 mean+max, linear", {"spec": {"pool": "meanmax"}}),
+    ("lite0 mean+max+stages, linear", {"spec": {"pool": "multi"}}),
+    ("+ flip TTA (val mirrored+plain averaged)", {"spec": {"pool": "multi"}, "flip": "test"}),
+    ("+ flip train augmentation and TTA", {"spec": {"pool": "multi"}, "flip": "both"}),
+    ("mean+max+stages, MLP 512 dropout 0.5", {"spec": {"pool": "multi"}, "head": "mlp",
+                                             "dropout": 0.5}),
+    ("mean+max+stages, linear, dropout 0.5", {"spec": {"pool": "multi"}, "dropout": 0.5}),
+    ("mean+max+stages, linear, ASL", {"spec": {"pool": "multi"}, "loss": "asl"}),
+    ("mean+max+stages, linear, pos weights", {"spec": {"pool": "multi"}, "pos_weight": True}),
+    ("mean+max+stages, MLP, 5 seeds averaged", {"spec": {"pool": "multi"}, "head": "mlp",
+                                               "dropout": 0.5, "seeds": (0, 1, 2, 3, 4)}),
+    ("lite0 at 402x273 (1.5x), mean+max+stages, linear",
+     {"spec": {"pool": "multi", "size": (402, 273)}}),
+    ("lite1, mean+max+stages, linear", {"spec": {"pool": "multi", "model": "efficientnet-lite1"}}),
+    ("lite2, mean+max+stages, linear", {"spec": {"pool": "multi", "model": "efficientnet-lite2"}}),
+]
+
+
+def _fit_in_child(queue, dataset: str, options: dict) -> None:
+    data = Data(dataset)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    probs = train_probs(data, splits=("test",), **options)["test"]
+    seconds = time.perf_counter() - start
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    queue.put((probs, seconds, peak))
+
+
+IMBALANCE = [("BCE", {}), ("BCE + positive weights", {"pos_weight": True}),
+             ("ASL (gamma- 4, clip 0.05)", {"loss": "asl"}),
+             ("BCE + rare-genre resampling (power 0.5)", {"resample": 0.5})]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("--sections", default="choices,imbalance,final")
+    parser.add_argument("--only", default="", help="comma-separated indices of CHOICES to run")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    data = Data(args.dataset)
+    genres = data.splits["train"].genres
+    prior = {s: scores(data.y[s], prior_scores(data.y["train"], len(data.y[s])), genres)
+             for s in ("val", "test")}
+    sections = args.sections.split(",")
+    if "choices" in sections:
+        print("\nVal split (choices); deltas against the first row\n\n" + HEADER)
+        print("| --- | --- | --- | --- | --- |")
+        print(row("prior (train genre frequencies)", prior["val"]))
+        base = None
+        picked = [int(i) for i in args.only.split(",") if i] or range(len(CHOICES))
+        if not args.only:
+            print(row("reference: mean + per-genre logistic regression (sklearn)",
+                      sklearn_reference(data, genres)), flush=True)
+        for i in picked:
+            name, options = CHOICES[i]
+            try:
+                start = time.perf_counter()
+                m = scores(data.y["val"], train_probs(data, **options)["val"], genres)
+            except Exception as e:  # a missing backbone package, say: report and go on
+                print(f"| {name} | skipped: {e} | | | |")
+                continue
+            base = base or m
+            print(row(name, m, base, f" {time.perf_counter() - start:.0f} s"), flush=True)
+    if "imbalance" in sections:
+        print("\nTest split: imbalance options (linear head on lite0 mean+max+stages)\n")
+        print(HEADER[:-1] + " wall time | peak memory |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print(row("prior", prior["test"]) + " - | - |")
+        ctx = get_context("fork")
+        for name, opts in IMBALANCE:
+            queue = ctx.Queue()
+            child = ctx.Process(target=_fit_in_child,
+                                args=(queue, args.dataset, {"spec": {"pool": "multi"}, **opts}))
+            child.start()
+            probs, seconds, peak = queue.get()
+            child.join()
+            m = scores(data.y["test"], probs, genres)
+            print(row(name, m, prior["test"]) + f" {seconds:.0f} s | +{peak:.0f} MiB |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""CPU speed: end-to-end throughput, single-poster latency and peak memory, per backend.
+
+    python benchmarks/bench_speed.py [--data ../shared/data] [--run RUN] [--n 2000] [--quick]
+
+Each configuration runs in its own process (so its peak memory is its own) on the same
+posters, one after the other:
+  torch          the model (shipped one unless --run) in PyTorch eager
+  onnx           the same model in onnxruntime (the default CPU backend)
+  vgg16-original the original project's VGG16 at 200 x 150 in PyTorch eager (random weights:
+                 only its cost matters)
+Figures: end-to-end posters/s over N posters (decode + resize + model, decoding overlapped
+with the model as `postergenre predict` does it: predict.predict_stream), single-poster
+latency p50/p95 in a warm process (decode + resize + model), the model alone at batch 64,
+and the process's peak RSS.
+They go to docs/benchmarks.md, section "Speed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = ("torch", "onnx", "vgg16-original")
+TARGETS = {"throughput": 150.0, "p50_ms": 15.0, "vs_vgg16": 5.0}
+
+
+def poster_paths(data: Path, n: int) -> list[Path]:
+    paths = sorted((data / "posters").glob("*.jpg"))[:n]
+    if not paths:
+        sys.exit(f"error: {data / 'posters'}: no posters found")
+    for p in paths:  # read once so that every configuration finds them in the page cache
+        p.read_bytes()
+    return paths
+
+
+def random_run(model: str, directory: Path, **kwargs) -> Path:
+    """A run folder with a randomly initialised model (speed does not depend on weights)."""
+    from postergenre.models import create_model
+    from postergenre.run import save_config, save_weights
+
+    net = create_model(model, 28, **kwargs)
+    keys = net.trained_keys() if hasattr(net, "trained_keys") else None
+    save_weights(net, directory / "weights.safetensors", keys)
+    save_config(directory, {"model": model, "model_kwargs": kwargs,
+                            "genres": [f"genre{i}" for i in range(28)],
+                            "input_size": list(net.input_size), "partial_weights": bool(keys)})
+    return directory
+
+
+def measure(run: str | None, backend: str, paths: list[Path], latency_n: int) -> dict:
+    """Runs in the worker process: every figure for one configuration."""
+    import torch
+
+    from postergenre.export import physical_cores
+    from postergenre.predict import Predictor, predict_stream
+
+    torch.set_num_threads(physical_cores())
+    predictor = Predictor.load(run, backend=backend)
+    warm = predictor.load_batch(paths[:64])
+    predictor.predict_proba(warm)  # warm-up (and, for onnx, the one-off export)
+
+    start = time.perf_counter()
+    predictor.predict_proba(warm)
+    model_only = len(warm) / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    scored = list(predict_stream(predictor, [str(p) for p in paths]))
+    throughput = len(scored) / (time.perf_counter() - start)
+    failed = sum(s.error is not None for s in scored)
+
+    latencies = []
+    for path in paths[-latency_n:]:
+        start = time.perf_counter()
+        predictor.predict_files([path])
+        latencies.append(1000 * (time.perf_counter() - start))
+    return {
+        "model": predictor.run.model_name, "input_size": list(predictor.input_size),
+        "backend": predictor.backend.name, "posters": len(paths), "failed": failed,
+        "throughput": throughput, "model_only_b64": model_only,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    paths = poster_paths(args.data, args.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, backend = args.run, args.worker
+        if args.worker == "vgg16-original":
+            run, backend = str(random_run("vgg16", Path(tmp))), "torch"
+        elif run is None:
+            from postergenre.errors import RunError
+            from postergenre.run import load_run
+
+            try:
+                load_run(None)
+            except RunError:  # no shipped model in this checkout: same architecture, random head
+                run = str(random_run("efficientnet-lite0", Path(tmp)))
+        print(json.dumps(measure(run, backend, paths, args.latency_n)))
+
+
+def run_config(config: str, args: argparse.Namespace) -> dict:
+    n = args.vgg_n if config == "vgg16-original" else args.n
+    cmd = [sys.executable, __file__, "--worker", config, "--data", str(args.data), "--n", str(n),
+           "--latency-n", str(args.latency_n)] + (["--run", args.run] if args.run else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"error: {config} failed:\n{out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict[str, dict]) -> None:
+    print("| configuration | model (input) | posters/s end to end | model only, batch 64 "
+          "| p50 ms | p95 ms | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        h, w = r["input_size"]
+        print(f"| {name} | {r['model']} ({h}x{w}) | {r['throughput']:.0f} "
+              f"| {r['model_only_b64']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
+              f"| {r['peak_rss_mb']:.0f} |")
+    best = results.get("onnx") or results.get("torch")
+    vgg = results.get("vgg16-original")
+    if best:
+        print(f"\ntarget >= {TARGETS['throughput']:.0f} posters/s: {best['throughput']:.0f}; "
+              f"target p50 <= {TARGETS['p50_ms']:.0f} ms: {best['p50_ms']:.1f} ms")
+    if best and vgg:
+        ratio = best["throughput"] / vgg["throughput"]
+        print(f"speed-up over the original VGG16 (target >= {TARGETS['vs_vgg16']:.0f}x): "
+              f"{ratio:.1f}x")
+    print("-> docs/benchmarks.md, section Speed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--run", default=None, help="run folder (default: the shipped model)")
+    parser.add_argument("--n", type=int, default=2000, help="posters for throughput")
+    parser.add_argument("--vgg-n", type=int, default=320, help="posters for the VGG16 run")
+    parser.add_argument("--latency-n", type=int, default=100, help="posters for latency")
+    parser.add_argument("--only", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--quick", action="store_true", help="a smoke run on a few posters")
+    parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.vgg_n, args.latency_n = 128, 64, 10
+    if args.worker:
+        return worker(args)
+    results = {}
+    for config in args.only:
+        results[config] = run_config(config, args)
+        print(f"{config}: {json.dumps(results[config])}", flush=True)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The one benchmark command: `python -m postergenre.bench` (or `make bench`).
+
+Runs every script in the repository's benchmarks/ folder in sequence, each in its own process,
+and says where each figure goes. Every figure in docs/benchmarks.md and the README's table
+comes from one of these scripts.
+
+    python -m postergenre.bench [--data ../shared/data] [--only speed quality] [--skip train]
+                                [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from postergenre.errors import PosterGenreError
+
+# In order: each script's name (benchmarks/bench_<name>.py) and where its figures go.
+BENCHMARKS: dict[str, str] = {
+    "download": "docs/benchmarks.md, section Download",
+    "models": "docs/benchmarks.md, section Models",
+    "train": "docs/benchmarks.md, section Training",
+    "quality": "docs/benchmarks.md, section Quality, and the README's table",
+    "predict": "docs/benchmarks.md, section Prediction",
+    "serve": "docs/benchmarks.md, section Serving",
+    "speed": "docs/benchmarks.md, section Speed, and the README's table",
+}
+
+
+def benchmarks_dir() -> Path:
+    """benchmarks/ of the source checkout this package runs from."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not folder.is_dir():
+        raise PosterGenreError(
+            f"{folder}: no benchmarks folder; the benchmarks ship with the source repository, "
+            "not the installed package: run this from a clone (pip install -e .)"
+        )
+    return folder
+
+
+def command(script: Path, data: Path, quick: bool) -> list[str]:
+    """How to run one script: --data always, --quick when the script takes it."""
+    args = [sys.executable, str(script), "--data", str(data)]
+    if quick and "--quick" in script.read_text(encoding="utf-8"):
+        args.append("--quick")
+    return args
+
+
+def run_all(names: list[str], data: Path, quick: bool = False) -> dict[str, str]:
+    """Run the scripts one after the other; returns name -> outcome ('ok', 'failed', ...)."""
+    folder = benchmarks_dir()
+    outcomes: dict[str, str] = {}
+    for name in names:
+        script = folder / f"bench_{name}.py"
+        print(f"\n=== {name}: {script.name} -> {BENCHMARKS.get(name, 'docs/benchmarks.md')}",
+              flush=True)
+        if not script.is_file():
+            outcomes[name] = "missing"
+            print(f"{script}: not found, skipped", flush=True)
+            continue
+        start = time.perf_counter()
+        code = subprocess.run(command(script, data, quick), cwd=folder.parent).returncode
+        minutes = (time.perf_counter() - start) / 60
+        outcomes[name] = "ok" if code == 0 else f"failed (exit {code})"
+        print(f"=== {name}: {outcomes[name]} in {minutes:.1f} min", flush=True)
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m postergenre.bench",
+        description="Reproduce every figure in docs/benchmarks.md and the README's table.",
+    )
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"),
+                        help="the data folder (default ../shared/data)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    parser.add_argument("--skip", nargs="+", metavar="NAME", default=[],
+                        help="skip these benchmarks")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: small samples, figures not for quoting")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, where in BENCHMARKS.items():
+            print(f"{name:10} benchmarks/bench_{name}.py -> {where}")
+        return 0
+    unknown = sorted((set(args.only or []) | set(args.skip)) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
+    try:
+        outcomes = run_all(names, args.data.resolve(), args.quick)
+    except PosterGenreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\nsummary: " + ", ".join(f"{n} {o}" for n, o in outcomes.items()))
+    return 0 if all(o == "ok" for o in outcomes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Poster download: every `Poster` URL of a Kaggle `MovieGenre.csv` to `<out>/posters/<imdbId>.jpg`.
+
+Concurrent (asyncio + httpx, a fixed pool of workers), bounded by `concurrency`, with a
+deadline per attempt (so a server that drips bytes cannot hold a worker forever) and retries
+with exponential backoff and jitter on 5xx, 429, timeouts and broken connections; other 4xx,
+redirect loops and invalid bodies fail at once.
+
+Every body is validated before it is kept: HTTP status, an `image/*` content type (or none),
+a size limit, and a full decode with `open_poster` (HTML error pages, truncated JPEGs and
+tracking pixels are rejected). A poster is written with a temp file and a rename, so a run
+killed at any moment leaves only complete posters; a rerun skips posters already present and
+valid and removes temp files left by a killed run. Each run writes `download-report.json`
+listing every failure with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from postergenre.data.images import open_poster
+from postergenre.data.movies import read_labels
+from postergenre.errors import DatasetError, InvalidImageError
+from postergenre.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+
+KAGGLE_COLUMNS = ("imdbId", "Imdb Link", "Title", "IMDB Score", "Genre", "Poster")
+REPORT_NAME = "download-report.json"
+USER_AGENT = "postergenre-download/1"
+
+
+@dataclass(frozen=True)
+class PosterLink:
+    """One poster to fetch: the movie's IMDB id, its title as found, the image URL."""
+
+    imdb_id: int
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A poster that could not be downloaded (or a CSV row that names none), and why."""
+
+    imdb_id: int | None
+    title: str
+    url: str
+    reason: str
+    row: int | None = None  # 1-based data row of the CSV, for rows that name no poster
+
+
+@dataclass
+class DownloadConfig:
+    concurrency: int = 16  # simultaneous requests
+    timeout: float = 30.0  # seconds per attempt, whole body included
+    retries: int = 3  # extra attempts after a transient failure
+    backoff: float = 0.5  # first retry delay in seconds, doubled each time (+-50% jitter)
+    max_bytes: int = 5_000_000  # larger bodies are refused (real posters are ~15 kB)
+    max_redirects: int = 5
+
+
+@dataclass
+class DownloadSummary:
+    total: int = 0
+    downloaded: int = 0
+    skipped: int = 0  # already present and valid
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+def read_poster_links(path: str | os.PathLike) -> tuple[list[PosterLink], list[Failure]]:
+    """Read a Kaggle-format CSV: the poster links (first row per id) and the unusable rows.
+
+    Decoding and parsing are `postergenre.data.movies.read_labels`'s (robust to non-UTF-8
+    bytes; titles kept as found). Raises DatasetError (one line) for a missing, empty or
+    binary file, or one that is not in the Kaggle format (no `Poster` column).
+    """
+    labels = read_labels(path)
+    if labels.layout != "kaggle":
+        raise DatasetError(f"{path}: no Poster column; expected the Kaggle format "
+                           f"{','.join(KAGGLE_COLUMNS)}")
+    links: list[PosterLink] = []
+    problems: list[Failure] = []
+    seen: set[int] = set()
+    table = labels.table[["row", "imdbId", "title", "poster_url"]]
+    for row, imdb_id, title, url in table.itertuples(index=False):
+        imdb_id = None if pd.isna(imdb_id) else int(imdb_id)
+        reason = None
+        if imdb_id is None:
+            reason = "invalid imdbId"
+        elif not url:
+            reason = "no poster URL"
+        elif not url.lower().startswith(("http://", "https://")):
+            reason = f"not an http(s) URL: {url[:80]!r}"
+        if reason:
+            problems.append(Failure(imdb_id, title, url, reason, row))
+        elif imdb_id not in seen:
+            seen.add(imdb_id)
+            links.append(PosterLink(imdb_id, title, url))
+    if not links and not problems:
+        raise DatasetError(f"{path}: no data rows under the header")
+    return links, problems
+
+
+# ---------------------------------------------------------------- downloading
+
+
+class _Fail(Exception):
+    def __init__(self, reason: str, retry: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.retry = reason, retry
+
+
+def poster_path(out: Path, imdb_id: int) -> Path:
+    return out / "posters" / f"{imdb_id}.jpg"
+
+
+def _is_valid(path: Path) -> bool:
+    try:
+        open_poster(path)
+    except InvalidImageError:
+        return False
+    return True
+
+
+def _validate_and_save(body: bytes, path: Path) -> None:
+    try:
+        open_poster(body)
+    except InvalidImageError as e:
+        raise _Fail(str(e).removeprefix("uploaded bytes: "), retry=False) from None
+    atomic_write_bytes(path, body)
+
+
+async def _get(client: httpx.AsyncClient, url: str, cfg: DownloadConfig) -> bytes:
+    """One attempt: the validated-so-far body, or _Fail saying why and whether to retry."""
+    try:
+        async with asyncio.timeout(cfg.timeout), client.stream("GET", url) as r:
+            if not r.is_success:
+                retry = r.status_code >= 500 or r.status_code == 429
+                raise _Fail(f"HTTP {r.status_code} {r.reason_phrase}".strip(), retry)
+            ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype and not ctype.startswith("image/") and ctype != "application/octet-stream":
+                raise _Fail(f"content type {ctype}, not an image", retry=False)
+            declared = r.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cfg.max_bytes:
+                raise _Fail(f"body of {int(declared):,} bytes, over the "
+                            f"{cfg.max_bytes:,}-byte limit", retry=False)
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > cfg.max_bytes:
+                    raise _Fail(f"body over the {cfg.max_bytes:,}-byte limit", retry=False)
+            return bytes(body)
+    except TimeoutError:
+        raise _Fail(f"timed out after {cfg.timeout:g}s", retry=True) from None
+    except httpx.TimeoutException as e:
+        raise _Fail(f"timed out ({type(e).__name__})", retry=True) from None
+    except httpx.TooManyRedirects:
+        raise _Fail(f"more than {cfg.max_redirects} redirects (a loop?)", retry=False) from None
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
+        raise _Fail(f"bad URL ({e})", retry=False) from None
+    except httpx.TransportError as e:
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise _Fail(f"connection error ({detail})", retry=True) from None
+
+
+async def _fetch(client: httpx.AsyncClient, link: PosterLink, path: Path,
+                 cfg: DownloadConfig) -> None:
+    """Download, validate and save one poster, retrying transient failures."""
+    for attempt in range(cfg.retries + 1):
+        try:
+            body = await _get(client, link.url, cfg)
+            await asyncio.to_thread(_validate_and_save, body, path)
+            return
+        except _Fail as e:
+            if not e.retry or attempt == cfg.retries:
+                if e.retry and cfg.retries:
+                    e.reason += f" (after {cfg.retries + 1} attempts)"
+                raise
+        await asyncio.sleep(cfg.backoff * 2**attempt * random.uniform(0.5, 1.5))
+
+
+def remove_partial_files(out: Path) -> int:
+    """Delete temp files a killed run left in `<out>/posters`; return how many."""
+    stale = list((out / "posters").glob(".*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+async def download_links(
+    links: list[PosterLink],
+    out: str | os.PathLike,
+    config: DownloadConfig | None = None,
+    on_done: Callable[[str], None] | None = None,
+) -> DownloadSummary:
+    """Fetch every link into `<out>/posters/`; `on_done(outcome)` is called once per link
+    with "downloaded", "skipped" or "failed"."""
+    cfg = config or DownloadConfig()
+    if cfg.concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    out = Path(out)
+    ensure_writable_dir(out / "posters")
+    remove_partial_files(out)
+    summary = DownloadSummary(total=len(links))
+    queue: asyncio.Queue[PosterLink] = asyncio.Queue()
+    for link in links:
+        queue.put_nowait(link)
+
+    # One single-connection client per worker: the same keep-alive reuse as a shared pool,
+    # without httpcore's pool bookkeeping, which grows quadratically with the queue depth.
+    ssl_context = httpx.create_ssl_context()
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(cfg.timeout), verify=ssl_context, follow_redirects=True,
+            max_redirects=cfg.max_redirects, headers={"User-Agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        ) as client:
+            while not queue.empty():
+                outcome = await _process(client, queue.get_nowait())
+                if on_done:
+                    on_done(outcome)
+
+    async def _process(client: httpx.AsyncClient, link: PosterLink) -> str:
+        path = poster_path(out, link.imdb_id)
+        if path.exists() and await asyncio.to_thread(_is_valid, path):
+            summary.skipped += 1
+            return "skipped"
+        try:
+            await _fetch(client, link, path, cfg)
+        except _Fail as e:
+            summary.failures.append(Failure(link.imdb_id, link.title, link.url, e.reason))
+            return "failed"
+        summary.downloaded += 1
+        return "downloaded"
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(cfg.concurrency, len(links))))))
+    order = {link.imdb_id: i for i, link in enumerate(links)}
+    summary.failures.sort(key=lambda f: order[f.imdb_id])
+    return summary
+
+
+def download_posters(
+    csv_path: str | os.PathLike,
+    out: str | os.PathLike,
+    config: DownloadConfig | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[str], None] | None = None,
+) -> DownloadSummary:
+    """Read `csv_path`, download its posters into `<out>/posters/` and write
+    `<out>/download-report.json`. `on_start(total)` is called once the CSV is read."""
+    links, problems = read_poster_links(csv_path)
+    out = ensure_writable_dir(out)
+    if on_start:
+        on_start(len(links))
+    summary = asyncio.run(download_links(links, out, config, on_done))
+    summary.failures = problems + summary.failures
+    write_report(out / REPORT_NAME, csv_path, summary)
+    return summary
+
+
+def write_report(path: Path, csv_path: str | os.PathLike, summary: DownloadSummary) -> None:
+    """The run's counts and every failure with its reason (atomically)."""
+    atomic_write_json(path, {
+        "csv": str(csv_path),
+        "posters": summary.total,
+        "downloaded": summary.downloaded,
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "failures": [
+            {("imdbId" if k == "imdb_id" else k): v for k, v in asdict(f).items()
+             if not (k == "row" and v is None)}
+            for f in summary.failures
+        ],
+    })

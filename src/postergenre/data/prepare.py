@@ -1,0 +1,359 @@
+"""Labels + posters -> a dataset: clean, multi-hot encode, split by iterative stratification.
+
+Cleaning, in order; each input row ends in exactly one outcome:
+
+1. ``missing_id``: no imdbId, or one that is not a whole number;
+2. ``missing_genre``: no genre (an empty or blank Genre field);
+3. ``duplicate_id``: the id was already seen (the first row is kept; duplicates whose genres
+   disagree are listed in the report);
+4. ``poster_missing``: no poster file ``<imdbId>.<ext>`` in the posters folder;
+5. ``poster_invalid``: the poster does not fully decode (empty, truncated, not an image, a
+   decompression bomb, smaller than 8 pixels a side), the reason is recorded;
+6. ``kept``.
+
+Each file in the posters folder also ends in exactly one outcome: ``kept``, ``invalid``,
+``row_dropped`` (its row was dropped at steps 1-3), ``without_row``, ``duplicate_file`` (a
+second file for the same id, e.g. 123.jpg and 123.png; the .jpg wins) or ``not_a_poster``
+(a name that is not ``<imdbId>.<image extension>``). The report checks both sums.
+
+The genre vocabulary is the sorted set of the kept movies' genres (MultiLabelBinarizer
+semantics). The train/val/test split uses iterative stratification for multi-label data
+(`iterstrat`), reproducible from the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from postergenre.data import stats
+from postergenre.data.dataset import SPLITS, write_genres, write_split
+from postergenre.data.images import open_poster
+from postergenre.data.movies import read_labels
+from postergenre.errors import DatasetError, InvalidImageError
+from postergenre.genres import SEPARATOR, build_vocabulary, multi_hot, parse_genres
+from postergenre.io import atomic_write_json, atomic_write_text, ensure_writable_dir
+
+ROW_OUTCOMES = ("kept", "missing_id", "missing_genre", "duplicate_id", "poster_missing",
+                "poster_invalid")
+POSTER_OUTCOMES = ("kept", "invalid", "row_dropped", "without_row", "duplicate_file",
+                   "not_a_poster")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")  # in order of preference
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare_dataset` did: every row and poster file accounted for, the split sizes."""
+
+    labels: str
+    posters: str
+    out: str
+    layout: str
+    rows_total: int
+    rows: dict[str, int]
+    posters_total: int
+    poster_files: dict[str, int]
+    fallback_lines: int = 0
+    duplicate_conflicts: list[dict] = field(default_factory=list)
+    invalid_posters: list[dict] = field(default_factory=list)
+    dropped_rows: dict[str, list[int]] = field(default_factory=dict)
+    posters_without_row: list[str] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    genres: int = 0
+    prior_top3_hit: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    ratios: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def balanced(self) -> bool:
+        """True when outcomes sum to the totals, for rows and for poster files."""
+        return (sum(self.rows.values()) == self.rows_total
+                and sum(self.poster_files.values()) == self.posters_total)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def index_posters(posters: Path) -> tuple[dict[int, Path], dict[str, list[str]]]:
+    """Map imdbId -> poster file; also the names that are duplicates or not poster files."""
+    by_id: dict[int, Path] = {}
+    odd: dict[str, list[str]] = {"duplicate_file": [], "not_a_poster": []}
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    with os.scandir(posters) as entries:
+        files = sorted(e.name for e in entries if e.is_file())
+    for name in files:
+        stem, ext = os.path.splitext(name)
+        if not stem.isdigit() or ext.lower() not in rank:
+            odd["not_a_poster"].append(name)
+            continue
+        key, path = int(stem), posters / name
+        if key in by_id:
+            keep, drop = sorted([by_id[key], path], key=lambda p: rank[p.suffix.lower()])
+            by_id[key] = keep
+            odd["duplicate_file"].append(drop.name)
+        else:
+            by_id[key] = path
+    return by_id, odd
+
+
+def _check(path: Path) -> str | None:
+    try:
+        open_poster(path)
+    except InvalidImageError as e:
+        return str(e).removeprefix(f"{path}: ")
+    return None
+
+
+def validate_posters(paths: Sequence[Path], workers: int | None = None,
+                     progress: bool = True) -> list[str | None]:
+    """Fully decode each poster (threads: Pillow decodes without the GIL).
+
+    Returns, per path, None when the poster is usable or the one-line reason it is not.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(_check, paths, chunksize=64)
+        return list(_track(results, len(paths), "checking posters", progress and bool(paths)))
+
+
+def _track(items, total: int, description: str, show: bool):
+    if not show:
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(*Progress.get_default_columns(), console=Console(stderr=True),
+                  transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def split_indices(y: np.ndarray, val: float = 0.15, test: float = 0.15,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Row indices of train/val/test by iterative stratification, sorted, reproducible."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DatasetError(f"split ratios val={val} and test={test} must be in [0, 1) with "
+                           "val + test < 1")
+    rng = np.random.RandomState(seed)
+    n = len(y)
+
+    def carve(index: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+        if share == 0:
+            return index, index[:0]
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=share,
+                                                    random_state=rng)
+        try:
+            rest, part = next(splitter.split(np.zeros(len(index)), y[index]))
+        except ValueError as e:
+            raise DatasetError(
+                f"cannot split {len(index)} movies with ratio {share}: {e}"
+            ) from None
+        return index[rest], index[part]
+
+    rest, test_idx = carve(np.arange(n), test)
+    train_idx, val_idx = carve(rest, val / (1 - test) if test < 1 else 0)
+    return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *, seed: int = 0,
+                    val: float = 0.15, test: float = 0.15, workers: int | None = None,
+                    progress: bool = True) -> PrepareReport:
+    """Clean `labels` against the `posters` folder and write a dataset to `out`.
+
+    Raises DatasetError (or PosterGenreError for an unwritable `out`) with a one-line reason
+    for unusable inputs; a row or poster that cannot be used is dropped and reported instead.
+    """
+    start = time.perf_counter()
+    posters = Path(posters)
+    if not posters.is_dir():
+        reason = "is not a folder" if posters.exists() else "does not exist"
+        raise DatasetError(f"{posters}: posters folder {reason}")
+    movies = read_labels(labels)
+    if val + test >= 1 or min(val, test) < 0:
+        split_indices(np.zeros((0, 1)), val, test)  # raises the one-line ratio error
+    out = ensure_writable_dir(out)
+    posters = Path(os.path.abspath(posters))  # absolute, '..' folded, symlinks kept
+    by_id, odd = index_posters(posters)
+
+    table = movies.table
+    outcome = pd.Series("kept", index=table.index, dtype=object)
+    outcome[table["imdbId"].isna()] = "missing_id"
+    genre_lists = table["genre"].map(parse_genres)
+    outcome[(outcome == "kept") & (genre_lists.str.len() == 0)] = "missing_genre"
+    candidates = outcome == "kept"
+    # among rows that survived steps 1-2 (an earlier row without genre does not shadow a later one)
+    dup = candidates & table["imdbId"].where(candidates).duplicated(keep="first")
+    outcome[dup] = "duplicate_id"
+    conflicts = _conflicts(table[candidates], genre_lists[candidates])
+
+    ids = table["imdbId"]
+    has_file = ids.map(lambda i: i in by_id if pd.notna(i) else False).astype(bool)
+    outcome[(outcome == "kept") & ~has_file] = "poster_missing"
+    check = table.index[outcome == "kept"]
+    paths = [by_id[int(ids[i])] for i in check]
+    errors = validate_posters(paths, workers, progress)
+    invalid = []
+    for i, path, err in zip(check, paths, errors, strict=True):
+        if err is not None:
+            outcome[i] = "poster_invalid"
+            invalid.append({"row": int(table.at[i, "row"]), "imdbId": int(ids[i]),
+                            "file": path.name, "error": err})
+
+    # poster files: each ends in exactly one outcome
+    row_ids = set(ids.dropna().astype(int))
+    kept_ids = set(ids[outcome == "kept"].astype(int))
+    invalid_ids = {d["imdbId"] for d in invalid}
+    without_row = sorted(by_id[i].name for i in by_id if i not in row_ids)
+    poster_files = {
+        "kept": len(kept_ids),
+        "invalid": len(invalid_ids),
+        "row_dropped": sum(1 for i in by_id if i in row_ids and i not in kept_ids | invalid_ids),
+        "without_row": len(without_row),
+        "duplicate_file": len(odd["duplicate_file"]),
+        "not_a_poster": len(odd["not_a_poster"]),
+    }
+
+    kept = table[outcome == "kept"]
+    if kept.empty:
+        raise DatasetError(f"{movies.source}: no movie left after cleaning against {posters} "
+                           f"({_summary(outcome)})")
+    kept_genres = genre_lists[outcome == "kept"].tolist()
+    vocabulary = build_vocabulary(kept_genres)
+    y = multi_hot(kept_genres, vocabulary)
+    parts = split_indices(y, val, test, seed)
+    dataset = pd.DataFrame({
+        "imdbId": kept["imdbId"].astype("int64").to_numpy(),
+        "poster": [str(by_id[int(i)]) for i in kept["imdbId"]],
+        "title": kept["title"].to_numpy(),
+        "genres": [SEPARATOR.join(g) for g in kept_genres],
+    })
+    write_genres(out, vocabulary)
+    for name in SPLITS:
+        write_split(out, name, dataset.iloc[parts[name]], vocabulary)
+    split_labels = {name: y[parts[name]] for name in SPLITS}
+    info = stats.card(split_labels, vocabulary)
+
+    report = PrepareReport(
+        labels=str(labels), posters=str(posters), out=str(out), layout=movies.layout,
+        rows_total=len(table),
+        rows={k: int((outcome == k).sum()) for k in ROW_OUTCOMES},
+        posters_total=len(by_id) + poster_files["duplicate_file"] + poster_files["not_a_poster"],
+        poster_files=poster_files,
+        fallback_lines=movies.fallback_lines,
+        duplicate_conflicts=conflicts,
+        invalid_posters=invalid,
+        dropped_rows={k: table.loc[outcome == k, "row"].astype(int).tolist()
+                      for k in ROW_OUTCOMES[1:]},
+        posters_without_row=without_row,
+        splits={name: int(len(parts[name])) for name in SPLITS},
+        genres=len(vocabulary),
+        prior_top3_hit=info["prior_baseline"]["top3_hit"],
+        seed=seed, ratios={"train": round(1 - val - test, 6), "val": val, "test": test},
+    )
+    report.seconds = round(time.perf_counter() - start, 2)
+    info = {"source": {"labels": report.labels, "posters": report.posters,
+                       "layout": report.layout},
+            "seed": seed, "ratios": report.ratios, **info}
+    atomic_write_json(out / "card.json", info)
+    atomic_write_text(out / "card.md", card_markdown(info))
+    atomic_write_json(out / "cleaning.json", report.to_dict())
+    return report
+
+
+def _conflicts(rows: pd.DataFrame, genre_lists: pd.Series) -> list[dict]:
+    """Ids seen more than once whose genre sets disagree (the first row wins)."""
+    out = []
+    dup_ids = rows["imdbId"][rows["imdbId"].duplicated(keep=False)]
+    for key in pd.unique(dup_ids):
+        idx = rows.index[rows["imdbId"] == key]
+        sets = [genre_lists[i] for i in idx]
+        if any(set(s) != set(sets[0]) for s in sets[1:]):
+            out.append({"imdbId": int(key), "rows": [int(rows.at[i, "row"]) for i in idx],
+                        "genres": [SEPARATOR.join(s) for s in sets]})
+    return out
+
+
+def _summary(outcome: pd.Series) -> str:
+    counts = outcome.value_counts()
+    return ", ".join(f"{k}: {int(counts[k])}" for k in ROW_OUTCOMES if k in counts)
+
+
+def card_markdown(info: dict) -> str:
+    """The dataset card as Markdown: sizes, prior baseline, labels per movie, genre counts."""
+    names = list(info["movies"])
+    prior = info["prior_baseline"]
+    lines = [
+        "# Dataset card", "",
+        f"Labels `{Path(info['source']['labels']).name}` ({info['source']['layout']} layout), "
+        f"split by iterative stratification with seed {info['seed']} "
+        f"(train/val/test = {'/'.join(str(info['ratios'][n]) for n in names)}).", "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        "| movies | " + " | ".join(str(info["movies"][n]) for n in names) + " |",
+        "| genres per movie (mean) | "
+        + " | ".join(f"{info['labels_per_movie'][n]['mean']:.2f}" for n in names) + " |",
+        f"| prior top-3 hit ({', '.join(prior['guess'])}) | "
+        + " | ".join(f"{prior['top3_hit'][n]:.3f}" for n in names) + " |",
+        "",
+        "The prior baseline always guesses the train split's three most frequent genres; "
+        "a model's top-3 accuracy means little unless it beats it on the same split.", "",
+        "## Movies per genre", "",
+        "| genre | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    counts = info["genre_counts"]
+    for g in sorted(counts, key=lambda g: -sum(counts[g].values())):
+        lines.append(f"| {g} | " + " | ".join(str(counts[g][n]) for n in names) + " |")
+    lines += ["", "## Genres per movie", "",
+              "| genres | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    sizes = sorted({int(k) for n in names for k in info["labels_per_movie"][n]["histogram"]})
+    for k in sizes:
+        lines.append(f"| {k} | " + " | ".join(
+            str(info["labels_per_movie"][n]["histogram"].get(str(k), 0)) for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_cleaning_report(report: PrepareReport) -> Table:
+    """The cleaning report as a Rich table: each outcome's count for rows and poster files."""
+    table = Table(title=f"Cleaning {Path(report.labels).name} against {Path(report.posters).name}/")
+    table.add_column("input")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for k in ROW_OUTCOMES:
+        table.add_row("rows", k.replace("_", " "), f"{report.rows[k]:,}")
+    table.add_row("rows", "[b]total[/b]", f"[b]{report.rows_total:,}[/b]")
+    table.add_section()
+    for k in POSTER_OUTCOMES:
+        table.add_row("poster files", k.replace("_", " "), f"{report.poster_files[k]:,}")
+    table.add_row("poster files", "[b]total[/b]", f"[b]{report.posters_total:,}[/b]")
+    table.add_section()
+    table.add_row("duplicates", "genres disagree", f"{len(report.duplicate_conflicts):,}")
+    if report.fallback_lines:
+        table.add_row("encoding", "lines read as Windows-1252", f"{report.fallback_lines:,}")
+    for name, n in report.splits.items():
+        table.add_row("split", name, f"{n:,}")
+    return table
+
+
+def load_report(dataset: str | Path) -> PrepareReport:
+    """Read DATASET/cleaning.json back into a PrepareReport."""
+    path = Path(dataset) / "cleaning.json"
+    if not path.is_file():
+        raise DatasetError(f"{dataset}: no cleaning.json (not a prepared dataset)")
+    return PrepareReport(**json.loads(path.read_text(encoding="utf-8")))
+

@@ -1,0 +1,129 @@
+"""Statistics of multi-hot labels: genre counts, labels per movie, the prior baseline, a plot.
+
+The prior baseline is the score of a model that ignores the poster: it always guesses the
+train split's k most frequent genres. Its top-3 hit rate (at least one true genre among the
+three guesses) is the figure every model's top-3 accuracy must be read against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from postergenre.data.dataset import SPLITS, load_genres, load_split
+
+
+def top_genres(train_labels: np.ndarray, k: int = 3) -> np.ndarray:
+    """Column indices of the k most frequent genres (ties broken by vocabulary order)."""
+    counts = np.asarray(train_labels).sum(axis=0)
+    return np.argsort(-counts, kind="stable")[:k]
+
+
+def prior_top3_hit(train_labels: np.ndarray, eval_labels: np.ndarray, k: int = 3) -> float:
+    """Share of `eval_labels` rows with a true genre among the train split's k most frequent.
+
+    This is the top-k accuracy of the constant guess; NaN for an empty evaluation set.
+    """
+    eval_labels = np.asarray(eval_labels)
+    if len(eval_labels) == 0:
+        return float("nan")
+    top = top_genres(train_labels, k)
+    return float((eval_labels[:, top] > 0).any(axis=1).mean())
+
+
+def labels_per_movie(labels: np.ndarray) -> dict[str, float | dict[str, int]]:
+    """Mean number of genres per movie and the histogram {n_genres: n_movies}."""
+    n = (np.asarray(labels) > 0).sum(axis=1)
+    values, counts = np.unique(n, return_counts=True)
+    return {
+        "mean": round(float(n.mean()), 4) if len(n) else float("nan"),
+        "histogram": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+    }
+
+
+def card(splits: Mapping[str, np.ndarray], genres: Sequence[str], k: int = 3) -> dict:
+    """The statistics part of a dataset card, from each split's (n, G) multi-hot labels."""
+    train = splits["train"]
+    top = top_genres(train, k)
+    return {
+        "movies": {name: int(len(y)) for name, y in splits.items()},
+        "genres": list(genres),
+        "genre_counts": {
+            g: {name: int(np.asarray(y)[:, i].sum()) for name, y in splits.items()}
+            for i, g in enumerate(genres)
+        },
+        "labels_per_movie": {name: labels_per_movie(y) for name, y in splits.items()},
+        "prior_baseline": {
+            "guess": [genres[i] for i in top],
+            f"top{k}_hit": {name: round(prior_top3_hit(train, y, k), 4)
+                            for name, y in splits.items()},
+        },
+    }
+
+
+def load_labels(dataset: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The vocabulary and each split's label matrix of a prepared dataset."""
+    return load_genres(dataset), {name: load_split(dataset, name).labels for name in SPLITS}
+
+
+def genre_table(dataset: str | Path) -> Table:
+    """A Rich table: movies per genre in each split, and the share of all movies."""
+    genres, splits = load_labels(dataset)
+    return genre_table_from(genres, splits, title=f"Genres of {dataset}")
+
+
+def genre_table_from(genres: Sequence[str], splits: Mapping[str, np.ndarray],
+                     title: str = "Genres") -> Table:
+    total = sum(len(y) for y in splits.values())
+    counts = {name: np.asarray(y).sum(axis=0).astype(int) for name, y in splits.items()}
+    all_counts = sum(counts.values())
+    table = Table(title=title)
+    table.add_column("genre")
+    for name in splits:
+        table.add_column(name, justify="right")
+    table.add_column("all", justify="right")
+    table.add_column("share", justify="right")
+    for i in np.argsort(-all_counts, kind="stable"):
+        share = all_counts[i] / total if total else 0.0
+        table.add_row(genres[i], *(str(counts[name][i]) for name in splits),
+                      str(all_counts[i]), f"{share:.1%}")
+    table.add_section()
+    table.add_row("movies", *(str(len(y)) for y in splits.values()), str(total), "")
+    train = splits.get("train")
+    if train is not None and len(train):
+        table.add_row("prior top-3 hit",
+                      *(f"{prior_top3_hit(train, y):.3f}" for y in splits.values()), "", "")
+        guess = ", ".join(genres[i] for i in top_genres(train))
+        table.caption = f"prior: always guess the train split's top 3 ({guess})"
+    return table
+
+
+def plot_genre_distribution(dataset: str | Path, out: str | Path) -> Path:
+    """Write a horizontal bar chart of movies per genre, stacked by split, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from postergenre.io import atomic_open
+
+    genres, splits = load_labels(dataset)
+    counts = {name: y.sum(axis=0) for name, y in splits.items()}
+    order = np.argsort(sum(counts.values()), kind="stable")  # most frequent on top
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(genres) + 1.5))
+    left = np.zeros(len(genres))
+    for name, c in counts.items():
+        ax.barh([genres[i] for i in order], c[order], left=left[order], label=name)
+        left += c
+    ax.set_xlabel("movies")
+    ax.set_title(f"Genre distribution ({sum(len(y) for y in splits.values()):,} movies)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,184 @@
+"""The evaluation report: one self-contained HTML file (figures and posters embedded as data URIs).
+
+Sections: the headline metrics beside the prior baseline with bootstrap 95% intervals; the
+per-genre table; per-genre AP against prevalence; precision-recall curves of the main genres;
+a reliability diagram; genre co-occurrence, true against predicted; and a grid of the best and
+worst posters with their top-3 predictions and true genres.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from postergenre.data.images import open_poster
+from postergenre.errors import PosterGenreError
+from postergenre.evaluate import plots
+from postergenre.evaluate.metrics import average_precision
+from postergenre.io import atomic_write_text
+
+THUMB = (201, 136)  # (height, width) of the posters in the grid
+MAIN_GENRES = 8
+
+# (key, label, higher is better)
+HEADLINE = [
+    ("top3_hit", "top-3 hit (the original's \"top-3 accuracy\")", True),
+    ("macro_ap", "macro average precision", True),
+    ("micro_ap", "micro average precision", True),
+    ("macro_roc_auc", "macro ROC-AUC", True),
+    ("macro_f1", "macro F1 (tuned thresholds)", True),
+    ("micro_f1", "micro F1 (tuned thresholds)", True),
+    ("samples_f1", "sample-averaged F1 (tuned thresholds)", True),
+    ("hamming_loss", "Hamming loss (tuned thresholds)", False),
+    ("precision_at_1", "precision@1", True),
+    ("precision_at_3", "precision@3", True),
+    ("recall_at_3", "recall@3", True),
+]
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0}td,th{padding:3px 10px;border-bottom:1px solid #ddd;
+text-align:right}th:first-child,td:first-child{text-align:left}.muted{color:#888}
+.better{color:#0a7d2c;font-weight:600}figure{margin:1.5em 0}figure img{max-width:100%}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
+.card{font-size:12px;border:1px solid #ddd;border-radius:6px;padding:6px;background:#fafafa}
+.card img{display:block;margin:0 auto 4px;width:136px;height:201px;object-fit:cover}
+.hit{color:#0a7d2c;font-weight:600}.miss{color:#b00020}.title{font-weight:600}
+"""
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(res: dict[str, Any], key: str) -> str:
+    ci = res.get("ci", {}).get(key)
+    return "" if not ci or None in ci else f" <span class=muted>[{ci[0]:.3f}, {ci[1]:.3f}]</span>"
+
+
+def _figure(png: bytes, caption: str) -> str:
+    return (f'<figure><img alt="{html.escape(caption)}" src="{_data_uri(png, "image/png")}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _thumbnail(path: str | os.PathLike) -> str | None:
+    try:
+        image = open_poster(path, THUMB)
+    except PosterGenreError:
+        return None
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=80)
+    return _data_uri(buf.getvalue(), "image/jpeg")
+
+
+def _poster_cards(indices: Sequence[int], y_true: np.ndarray, scores: np.ndarray,
+                  genres: Sequence[str], paths: Sequence[str | os.PathLike],
+                  titles: Sequence[str]) -> str:
+    cards = []
+    for i in indices:
+        uri = _thumbnail(paths[i])
+        if uri is None:
+            continue
+        top = np.argsort(-scores[i])[:3]
+        predicted = ", ".join(
+            f'<span class={"hit" if y_true[i, j] else "miss"}>{html.escape(genres[j])} '
+            f"({scores[i, j]:.2f})</span>" for j in top)
+        true = ", ".join(html.escape(genres[j]) for j in np.flatnonzero(y_true[i])) or "—"
+        title = html.escape(titles[i] or os.path.basename(str(paths[i])))
+        cards.append(f'<div class=card><img alt="{title}" src="{uri}"><div class=title>{title}'
+                     f"</div><div>{predicted}</div><div class=muted>true: {true}</div></div>")
+    return f"<div class=grid>{''.join(cards)}</div>"
+
+
+def best_and_worst(y_true: np.ndarray, scores: np.ndarray, n: int = 8) -> tuple[list, list]:
+    """Posters whose genre ranking is best and worst: per-poster average precision of the true
+    genres among all genres, ties broken by the mean probability of the true genres."""
+    has_true = np.flatnonzero(y_true.sum(axis=1) > 0)
+    y, s = y_true[has_true], scores[has_true]
+    ap = average_precision(y.T, s.T)
+    true_mean = (s * y).sum(axis=1) / y.sum(axis=1)
+    order = has_true[np.lexsort((true_mean, ap))]  # ascending: worst first
+    return list(order[::-1][:n]), list(order[:n])
+
+
+def render_report(results: dict[str, Any], y_true: np.ndarray, scores: np.ndarray,
+                  genres: Sequence[str], thresholds: np.ndarray,
+                  paths: Sequence[str | os.PathLike], titles: Sequence[str],
+                  title: str = "Evaluation report") -> str:
+    """The report as one HTML string. `results` is `compare_with_prior`'s dict plus optional
+    "run", "dataset" and "split" keys."""
+    model, prior = results["model"], results["prior"]
+    y_true = np.asarray(y_true)
+    per = model["per_genre"]
+    ap = np.array([np.nan if per[g]["ap"] is None else per[g]["ap"] for g in genres])
+    prevalence = np.array([per[g]["prevalence"] for g in genres])
+    in_macro = np.array([per[g]["in_macro"] for g in genres])
+    main = list(np.argsort(-y_true.sum(axis=0))[:MAIN_GENRES])
+    reliability_png, ece = plots.reliability(y_true, scores)
+
+    rows = []
+    for key, label, higher in HEADLINE:
+        m, p = model.get(key), prior.get(key)
+        better = m is not None and p is not None and (m > p if higher else m < p)
+        rows.append(f"<tr><td>{html.escape(label)}</td>"
+                    f"<td{' class=better' if better else ''}>{_fmt(m)}{_ci(model, key)}</td>"
+                    f"<td>{_fmt(p)}{_ci(prior, key)}</td></tr>")
+    genre_rows = []
+    for g in sorted(genres, key=lambda g: -per[g]["positives"]):
+        r, pr = per[g], prior["per_genre"][g]
+        cls = "" if r["in_macro"] else " class=muted"
+        genre_rows.append(
+            f"<tr{cls}><td>{html.escape(g)}</td><td>{r['positives']}</td>"
+            f"<td>{r['prevalence']:.3f}</td><td>{_fmt(r['ap'])}</td><td>{_fmt(pr['ap'])}</td>"
+            f"<td>{_fmt(r['roc_auc'])}</td><td>{r['threshold']:.3f}</td><td>{r['precision']:.3f}"
+            f"</td><td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td></tr>")
+    best, worst = best_and_worst(y_true, scores)
+    excluded = model["excluded_genres"]
+    about = " · ".join(html.escape(f"{k}: {results[k]}") for k in ("run", "dataset", "split")
+                       if results.get(k))
+    body = f"""
+<h1>{html.escape(title)}</h1>
+<p class=muted>{about}</p>
+<p>{model['n_posters']} posters. The prior baseline scores every poster with the train split's
+genre frequencies. Macro averages are over the {len(model['macro_genres'])} genres with at
+least {model['min_positives']} positives in this split; left out:
+{html.escape(', '.join(excluded)) or 'none'}. Brackets: bootstrap 95% intervals.
+F1 and Hamming loss use per-genre thresholds tuned on the validation split.</p>
+<table><tr><th>metric</th><th>model</th><th>prior</th></tr>{''.join(rows)}</table>
+<h2>Per genre</h2>
+{_figure(plots.ap_vs_prevalence(genres, ap, prevalence, in_macro),
+         "Per-genre average precision against prevalence (the dashed diagonal is the prior).")}
+<table><tr><th>genre</th><th>positives</th><th>prevalence</th><th>AP</th><th>prior AP</th>
+<th>ROC-AUC</th><th>threshold</th><th>precision</th><th>recall</th><th>F1</th></tr>
+{''.join(genre_rows)}</table>
+<h2>Precision-recall</h2>
+{_figure(plots.pr_curves(y_true, scores, genres, main),
+         f"Precision-recall curves of the {len(main)} most frequent genres.")}
+<h2>Calibration</h2>
+{_figure(reliability_png, f"Reliability diagram; expected calibration error {ece:.3f}.")}
+<h2>Genre co-occurrence</h2>
+{_figure(plots.cooccurrence(y_true, scores >= thresholds, genres),
+         "How often the column genre comes with the row genre: true labels, then predictions.")}
+<h2>Best posters</h2>
+<p>Top-3 predictions (green: a true genre, red: not) and the true genres.</p>
+{_poster_cards(best, y_true, scores, genres, paths, titles)}
+<h2>Worst posters</h2>
+{_poster_cards(worst, y_true, scores, genres, paths, titles)}
+"""
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}"
+            f"</title><style>{CSS}</style></head><body>{body}</body></html>\n")
+
+
+def write_report(path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+    """`render_report(...)` written atomically to `path`."""
+    atomic_write_text(path, render_report(*args, **kwargs))

@@ -1,0 +1,259 @@
+"""The web service: `create_app(predictor)` -> a FastAPI app scoring uploaded posters.
+
+    GET  /               the page: drop or choose a poster, see its genre bars
+    POST /predict        one multipart upload (field "file") -> {"path", "top", "scores"}
+    POST /predict/batch  several files (field "files")     -> {"results": [...]}
+    GET  /genres         the vocabulary and the tuned per-genre thresholds
+    GET  /health         liveness and what is loaded
+    GET  /docs, /openapi.json   the API, with Swagger UI served from the package (no CDN)
+
+The model is loaded once (the predictor passed in); decoding runs in a thread pool and scoring
+in one worker thread that batches concurrent requests (serve/batcher.py), so the event loop
+never blocks. Bad input gets a JSON error `{"detail": "..."}` naming the file and the problem:
+413 upload too large or too many files, 415 not an image (or not a multipart upload), 422 a
+broken image (truncated, decompression bomb, too small) or a missing file field. The server
+only reads what clients upload: it never fetches a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from postergenre import __version__
+from postergenre.errors import InvalidImageError, NotAnImageError
+from postergenre.predict import Predictor, json_record
+from postergenre.serve.batcher import Batcher
+
+MB = 1024 * 1024
+STATIC = Path(__file__).parent / "static"
+MULTIPART_OVERHEAD = 64 * 1024  # room for part headers and boundaries around the files
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 10 * MB  # per file
+    max_batch_files: int = 16
+
+
+# -- response bodies (they document the API in /openapi.json) --------------------------------
+
+
+class PosterResult(BaseModel):
+    path: str = Field(description="The uploaded file's name")
+    title: str | None = Field(description="The movie's title: always null for an upload")
+    top: list[list[str | float]] = Field(description="The 3 best [genre, probability], best first")
+    scores: dict[str, float] = Field(description="Every genre's probability, in vocabulary order")
+
+
+class BatchResult(BaseModel):
+    results: list[PosterResult]
+
+
+class GenresInfo(BaseModel):
+    genres: list[str]
+    thresholds: dict[str, float]
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    backend: str
+    genres: int
+    input_size: list[int] = Field(description="The model's input [height, width]")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A malformed multipart body"},
+    413: {"model": ErrorBody, "description": "A file over the size limit, or too many files"},
+    415: {"model": ErrorBody, "description": "Not an image, or not a multipart upload"},
+    422: {"model": ErrorBody, "description": "A truncated or oversized image, or no file"},
+}
+
+
+def _multipart(field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI request body for a multipart upload (parsed by hand to enforce the limits)."""
+    file = {"type": "string", "format": "binary"}
+    prop = {"type": "array", "items": file, "minItems": 1} if many else file
+    schema = {"type": "object", "required": [field], "properties": {field: prop}}
+    return {"requestBody": {"required": True,
+                            "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def result_object(name: str, probabilities: np.ndarray, predictor: Predictor) -> dict[str, Any]:
+    """The predict command's JSON object for one uploaded poster (its formatter, reused)."""
+    top = predictor.top_k(probabilities[None])[0]
+    return json.loads(json_record(name, None, top, probabilities, predictor.genres))
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """ASGI middleware: a 413 as soon as a request body passes its path's byte limit.
+
+    A declared Content-Length over the limit is refused before anything is read; otherwise the
+    bytes are counted as they arrive, so an oversized upload is never read to its end.
+    """
+
+    def __init__(self, app: ASGIApp, limits: dict[str, tuple[int, str]]) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.limits:
+            await self.app(scope, receive, send)
+            return
+        limit, message = self.limits[scope["path"]]
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await JSONResponse({"detail": message}, 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, message)
+            return event
+
+        await self.app(scope, limited_receive, send)
+
+
+async def read_uploads(request: Request, field: str, max_files: int,
+                       max_bytes: int) -> list[tuple[str, bytes]]:
+    """The (filename, bytes) of each file in a multipart form field, within the limits."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise HTTPException(415, f"expected a multipart/form-data upload with the poster in "
+                                 f"field {field!r}, got {content_type or 'no content type'!r}")
+    try:
+        form = await request.form(max_files=max_files)
+    except StarletteHTTPException as e:  # what Starlette's form parser raises
+        if "too many files" in str(e.detail).lower():
+            raise HTTPException(413, f"too many files: at most {max_files} per request") from None
+        raise
+    try:
+        parts = form.getlist(field)
+        if not parts:
+            raise HTTPException(422, f"no file in form field {field!r}")
+        uploads = []
+        for i, part in enumerate(parts):
+            if not isinstance(part, UploadFile):
+                raise HTTPException(422, f"form field {field!r} must be a file upload, not text")
+            name = part.filename or f"upload {i + 1}"
+            data = await part.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise HTTPException(413, f"{name}: over the {max_bytes / MB:.3g} MB upload limit")
+            uploads.append((name, data))
+    finally:
+        await form.close()
+    return uploads
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def create_app(predictor: Predictor, limits: Limits | None = None,
+               max_batch: int = 32) -> FastAPI:
+    """A FastAPI app serving `predictor` (loaded once, shared by every request)."""
+    limits = limits or Limits()
+    batcher = Batcher(predictor.predict_proba, max_batch=max_batch)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        batcher.close()
+
+    app = FastAPIOffline(
+        title="postergenre",
+        version=__version__,
+        description="Movie genres from a poster image: upload a poster, get a probability "
+                    "for each genre. The page at `/` does the same in a browser.",
+        lifespan=lifespan,
+        static_url="/docs-assets",
+    )
+    mb = f"{limits.max_upload_bytes / MB:.3g}"
+    app.add_middleware(BodyLimit, limits={
+        "/predict": (limits.max_upload_bytes + MULTIPART_OVERHEAD,
+                     f"upload too large: over the {mb} MB limit"),
+        "/predict/batch": (limits.max_batch_files * limits.max_upload_bytes + MULTIPART_OVERHEAD,
+                           f"request too large: over {limits.max_batch_files} files "
+                           f"of {mb} MB"),
+    })
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    async def decode(name: str, data: bytes) -> np.ndarray:
+        try:
+            return await run_in_threadpool(predictor.load_batch, [data])
+        except InvalidImageError as e:
+            status = 415 if isinstance(e, NotAnImageError) else 422
+            raise HTTPException(status, f"{name}: {str(e).removeprefix('uploaded bytes: ')}") \
+                from None
+
+    async def score(uploads: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        arrays = await asyncio.gather(*(decode(name, data) for name, data in uploads))
+        probabilities = await batcher(np.concatenate(arrays))
+        return [result_object(name, p, predictor)
+                for (name, _), p in zip(uploads, probabilities, strict=True)]
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    @app.post("/predict", response_model=PosterResult, responses=ERRORS,
+              openapi_extra=_multipart("file", many=False))
+    async def predict(request: Request) -> dict[str, Any]:
+        """Genre probabilities for one poster (multipart field `file`)."""
+        uploads = await read_uploads(request, "file", 1, limits.max_upload_bytes)
+        return (await score(uploads))[0]
+
+    @app.post("/predict/batch", response_model=BatchResult, responses=ERRORS,
+              openapi_extra=_multipart("files", many=True))
+    async def predict_batch(request: Request) -> dict[str, Any]:
+        """Genre probabilities for several posters (repeated multipart field `files`)."""
+        uploads = await read_uploads(request, "files", limits.max_batch_files,
+                                     limits.max_upload_bytes)
+        return {"results": await score(uploads)}
+
+    @app.get("/genres", response_model=GenresInfo)
+    async def genres() -> dict[str, Any]:
+        """The model's genres and the tuned threshold at which each one counts as predicted."""
+        return {"genres": predictor.genres,
+                "thresholds": {g: float(t) for g, t in
+                               zip(predictor.genres, predictor.thresholds, strict=True)}}
+
+    @app.get("/health", response_model=Health)
+    async def health() -> dict[str, Any]:
+        """Liveness, and which model is loaded."""
+        return {"status": "ok", "model": predictor.run.model_name,
+                "backend": predictor.backend.name, "genres": len(predictor.genres),
+                "input_size": predictor.input_size}
+
+    return app

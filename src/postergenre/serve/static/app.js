@@ -1,0 +1,101 @@
+// The postergenre page: upload a poster to POST predict and draw one bar per genre.
+"use strict";
+
+const SHOWN = 10; // bars shown before "show all"
+const $ = (id) => document.getElementById(id);
+let thresholds = {};
+let showAll = false;
+let last = null;
+
+fetch("genres").then((r) => r.json()).then((j) => { thresholds = j.thresholds; });
+fetch("health").then((r) => r.json()).then((j) => {
+  $("model").textContent = `Model: ${j.model}, ${j.genres} genres \u00b7 `;
+});
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function upload(file) {
+  if (!file) return;
+  setStatus(`Scoring ${file.name}\u2026`);
+  const body = new FormData();
+  body.append("file", file, file.name);
+  let response, result;
+  try {
+    response = await fetch("predict", { method: "POST", body });
+    result = await response.json();
+  } catch (err) {
+    setStatus(`Could not reach the server (${err.message}).`, true);
+    return;
+  }
+  if (!response.ok) {
+    $("result").hidden = true;
+    setStatus(`Error ${response.status}: ${result.detail || response.statusText}`, true);
+    return;
+  }
+  const poster = $("poster");
+  if (poster.src) URL.revokeObjectURL(poster.src);
+  poster.src = URL.createObjectURL(file);
+  $("filename").textContent = result.path;
+  last = result;
+  render();
+  setStatus("");
+  $("result").hidden = false;
+}
+
+function render() {
+  const top = new Set(last.top.map(([genre]) => genre));
+  const ranked = Object.entries(last.scores).sort((a, b) => b[1] - a[1]);
+  const hits = ranked.filter(([g, p]) => p >= (thresholds[g] ?? 0.5)).map(([g]) => g);
+  $("summary").textContent = hits.length
+    ? `Predicted: ${hits.join(", ")}`
+    : "No genre reaches its tuned threshold; the three most likely are highlighted.";
+
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const [genre, p] of showAll ? ranked : ranked.slice(0, SHOWN)) {
+    const t = thresholds[genre] ?? 0.5;
+    const li = document.createElement("li");
+    li.className = "bar";
+    li.classList.toggle("top", top.has(genre));
+    li.classList.toggle("hit", p >= t);
+    li.dataset.genre = genre;
+    li.dataset.p = p;
+
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = genre;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    const tick = document.createElement("span");
+    tick.className = "tick";
+    tick.style.left = `${(100 * t).toFixed(1)}%`;
+    tick.title = `tuned threshold ${(100 * t).toFixed(0)}%`;
+    track.append(fill, tick);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = `${(100 * p).toFixed(1)}%`;
+    li.append(name, track, value);
+    bars.append(li);
+  }
+  const more = $("more");
+  more.hidden = ranked.length <= SHOWN;
+  more.textContent = showAll ? "Show fewer" : `Show all ${ranked.length} genres`;
+}
+
+$("more").addEventListener("click", () => { showAll = !showAll; render(); });
+$("file").addEventListener("change", (e) => upload(e.target.files[0]));
+
+const drop = $("drop");
+for (const type of ["dragenter", "dragover"]) {
+  drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+}
+for (const type of ["dragleave", "drop"]) {
+  drop.addEventListener(type, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (e) => { e.preventDefault(); upload(e.dataTransfer.files[0]); });

@@ -1,0 +1,1 @@
+"""Training: losses, sampling, augmentation, the loop and its recipes."""

@@ -1,0 +1,251 @@
+"""The frozen-feature cache: extract a frozen backbone's pooled features once, train heads fast.
+
+Features are keyed by the poster's content (sha1 of its bytes), so a renamed poster is found and
+a changed one is recomputed. One folder per `FeatureSpec` (backbone, input size, pooling, flip):
+
+    CACHE/features/efficientnet-lite0_268x182_mean/chunk-r0-<n>.safetensors
+
+Each chunk holds `sha1` (n, 20) uint8 digests and `features` (n, D) float32, written atomically
+every `chunk_size` posters, so a killed extraction keeps its finished chunks and resumes.
+Extraction runs the backbone in onnxruntime when it is installed (several times faster than
+eager PyTorch on a CPU) and shards across ranks under torchrun (rank r takes items r::world).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from postergenre.data.images import load_poster_array, to_tensor
+from postergenre.errors import DatasetError, InvalidImageError
+from postergenre.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a cached feature is: backbone, input size (h, w), pooling, mirrored or not."""
+
+    model: str = "efficientnet-lite0"
+    input_size: tuple[int, int] = (268, 182)
+    pool: str = "mean"
+    flip: bool = False
+
+    @property
+    def key(self) -> str:
+        h, w = self.input_size
+        return f"{self.model}_{h}x{w}_{self.pool}" + ("_flip" if self.flip else "")
+
+    def build(self) -> nn.Module:
+        """The frozen backbone (with a throwaway head) this spec describes."""
+        from postergenre.models import create_model
+
+        return create_model(self.model, 1, input_size=self.input_size, pool=self.pool).eval()
+
+
+def sha1_file(path: str | os.PathLike) -> bytes:
+    return hashlib.sha1(Path(path).read_bytes()).digest()
+
+
+class FeatureCache:
+    """Content-addressed feature store for one spec; chunks are append-only safetensors files."""
+
+    def __init__(self, spec: FeatureSpec, root: str | os.PathLike | None = None) -> None:
+        self.spec = spec
+        self.dir = Path(root or cache_dir()) / "features" / spec.key
+
+    def load(self) -> dict[bytes, np.ndarray]:
+        """Every cached feature, by sha1 digest."""
+        index: dict[bytes, np.ndarray] = {}
+        for chunk in sorted(self.dir.glob("chunk-*.safetensors")):
+            data = load_file(str(chunk))
+            for digest, row in zip(data["sha1"], data["features"], strict=True):
+                index[digest.tobytes()] = row
+        return index
+
+    def write_chunk(self, digests: list[bytes], features: np.ndarray, rank: int = 0) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"chunk-r{rank}-{uuid.uuid4().hex[:12]}.safetensors"
+        tmp = self.dir / f".{name}.tmp"
+        sha = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 20)
+        save_file({"sha1": sha, "features": np.ascontiguousarray(features, np.float32)}, str(tmp))
+        tmp.replace(self.dir / name)
+
+
+class _OnnxFeatures:
+    """The spec's feature extractor exported once to ONNX and run with onnxruntime."""
+
+    def __init__(self, model: nn.Module, spec: FeatureSpec, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        path = cache_dir() / "onnx" / f"features_{spec.key}.onnx"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            wrapper = _FeatureModule(model).eval()
+            dummy = torch.rand(1, 3, *spec.input_size)
+            torch.onnx.export(wrapper, (dummy,), str(tmp), input_names=["x"], output_names=["f"],
+                              dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17,
+                              dynamo=False)
+            tmp.replace(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"x": x})[0]
+
+
+class _FeatureModule(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+class _TorchFeatures:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.model.features(torch.from_numpy(x)).numpy()
+
+
+def make_extractor(spec: FeatureSpec, backend: str = "auto"):
+    """A callable (N, 3, H, W) float32 array in [0, 1] -> (N, D) features."""
+    model = spec.build()
+    if backend in ("auto", "onnx"):
+        try:
+            return _OnnxFeatures(model, spec)
+        except ImportError:
+            if backend == "onnx":
+                raise
+    return _TorchFeatures(model)
+
+
+def _batches(paths: Sequence[Path], spec: FeatureSpec, batch_size: int
+             ) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
+    """(indices, images, errors) per batch, decoded on a helper thread one batch ahead."""
+
+    def load(start: int) -> tuple[list[int], np.ndarray, list[str]]:
+        keep, arrays, errors = [], [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                arr = load_poster_array(paths[i], spec.input_size)
+            except InvalidImageError as e:
+                errors.append(str(e))
+                continue
+            keep.append(i)
+            arrays.append(arr[:, ::-1] if spec.flip else arr)
+        x = to_tensor(np.stack(arrays)).numpy() if arrays else np.zeros((0,), np.float32)
+        return keep, x, errors
+
+    with ThreadPoolExecutor(1) as pool:
+        yield from pool.map(load, range(0, len(paths), batch_size))
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def cache_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = FeatureSpec(),
+                   batch_size: int = 64, chunk_size: int = 512, backend: str = "auto",
+                   root: str | os.PathLike | None = None, progress: bool = True,
+                   rank: int | None = None, world: int | None = None) -> list[str]:
+    """Compute and cache this rank's share (r::world) of the posters not cached yet.
+
+    Returns the errors of unreadable posters (one line each); the others are cached regardless.
+    """
+    if rank is None or world is None:
+        rank, world = _rank_world()
+    paths = [Path(p) for p in paths]
+    cache = FeatureCache(spec, root)
+    digests = [sha1_file(p) if p.is_file() else b"" for p in paths]
+    errors = [f"{p}: no such file" for p, d in zip(paths, digests, strict=True) if not d]
+    cached = cache.load()
+    first = sorted({d: i for i, d in reversed(list(enumerate(digests))) if d}.values())
+    todo = [i for i in first[rank::world] if digests[i] not in cached]  # a stable share
+    if not todo:
+        return errors
+    extractor = make_extractor(spec, backend)
+    todo_paths = [paths[i] for i in todo]
+    done_digests: list[bytes] = []
+    done_rows: list[np.ndarray] = []
+    with _progress(progress, len(todo), f"features {spec.key}") as advance:
+        for keep, x, bad in _batches(todo_paths, spec, batch_size):
+            errors += bad
+            if keep:
+                done_digests += [digests[todo[j]] for j in keep]
+                done_rows += list(extractor(x))
+            if len(done_digests) >= chunk_size:
+                cache.write_chunk(done_digests, np.stack(done_rows), rank)
+                done_digests, done_rows = [], []
+            advance(len(keep) + len(bad))
+    if done_digests:
+        cache.write_chunk(done_digests, np.stack(done_rows), rank)
+    return errors
+
+
+def extract_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = FeatureSpec(),
+                     **kwargs) -> np.ndarray:
+    """Features (len(paths), D) of the posters, computing only those not in the cache yet.
+
+    Under torchrun every rank computes its share, then all read the completed cache.
+    Unreadable posters do not stop the others: the rest is cached, then a DatasetError names them.
+    """
+    errors = cache_features(paths, spec, **kwargs)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if errors:
+        raise DatasetError(f"{len(errors)} poster(s) could not be read, e.g. {errors[0]}")
+    index = FeatureCache(spec, kwargs.get("root")).load()
+    return np.stack([index[sha1_file(p)] for p in paths]).astype(np.float32)
+
+
+class _progress:
+    """A Rich progress bar with rate and ETA (or nothing); yields an `advance(n)` callable."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled, self.total, self.label = enabled, total, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        rate = TextColumn("{task.fields[rate]}")
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            rate, TimeRemainingColumn())
+        self.bar.__enter__()
+        task = self.bar.add_task(self.label, total=self.total, rate="")
+
+        def advance(n: int) -> None:
+            self.bar.advance(task, n)
+            speed = self.bar.tasks[task].speed
+            self.bar.update(task, rate=f"{speed:.0f} posters/s" if speed else "")
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,54 @@
+"""`python -m postergenre.bench`: runs every benchmark script, reports failures and gaps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from postergenre import bench
+
+RECORDER = """import json, sys
+from pathlib import Path
+Path(__file__).with_suffix('.args').write_text(json.dumps(sys.argv[1:]))
+# takes --quick
+sys.exit({code})
+"""
+
+
+@pytest.fixture
+def scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_speed.py").write_text(RECORDER.format(code=0))
+    (folder / "bench_train.py").write_text(RECORDER.format(code=3).replace("--quick", ""))
+    monkeypatch.setattr(bench, "benchmarks_dir", lambda: folder)
+    return folder
+
+
+def args_of(folder: Path, name: str) -> list[str]:
+    return json.loads((folder / f"bench_{name}.args").read_text())
+
+
+def test_runs_scripts_and_passes_quick_only_where_taken(scripts: Path, tmp_path: Path) -> None:
+    outcomes = bench.run_all(["train", "speed", "quality"], tmp_path / "data", quick=True)
+    assert outcomes == {"train": "failed (exit 3)", "speed": "ok", "quality": "missing"}
+    assert args_of(scripts, "speed") == ["--data", str(tmp_path / "data"), "--quick"]
+    assert args_of(scripts, "train") == ["--data", str(tmp_path / "data")]
+
+
+def test_main_exit_code_and_selection(scripts: Path) -> None:
+    assert bench.main(["--only", "speed"]) == 0
+    assert not (scripts / "bench_train.args").exists()
+    assert bench.main(["--only", "speed", "train"]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--skip", "nope"])
+    assert exit_info.value.code == 2
+
+
+def test_clear_error_without_a_source_checkout(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path, capsys) -> None:
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "site" / "postergenre" / "bench.py"))
+    assert bench.main(["--only", "speed"]) == 1
+    assert "benchmarks" in capsys.readouterr().err

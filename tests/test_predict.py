@@ -1,0 +1,156 @@
+"""`predict`: input expansion, URL fetching, titles, streaming prediction and the CLI formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_poster
+from typer.testing import CliRunner
+
+from postergenre import predict as P
+from postergenre.cli import app
+from postergenre.errors import InvalidImageError, PosterGenreError
+from postergenre.models import create_model
+from postergenre.run import save_config, save_thresholds, save_weights
+
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
+SIZE = (80, 80)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A custom-cnn run with random weights on small 80x80 inputs."""
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("run")
+    model = create_model("custom-cnn", len(GENRES), input_size=SIZE)
+    save_weights(model, run / "weights.safetensors")
+    save_config(run, {"model": "custom-cnn", "model_kwargs": {"input_size": list(SIZE)},
+                      "genres": GENRES, "input_size": list(SIZE)})
+    save_thresholds(run, {g: 0.5 for g in GENRES})
+    return run
+
+
+@pytest.fixture(scope="module")
+def posters(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("posters")
+    for i, imdb in enumerate([114709, 113497, 120338]):
+        make_poster(folder / f"{imdb}.jpg", seed=i, size=(40, 60))
+    make_poster(folder / "sub" / "deeper" / "tt0110912.png", seed=5, size=(40, 60))
+    (folder / "notes.txt").write_text("not a poster")
+    return folder
+
+
+def test_expand_inputs_walks_folders_and_keeps_files_and_urls(posters, tmp_path):
+    out = P.expand_inputs([str(posters), "missing.jpg", "https://example.org/a.jpg"])
+    assert out[:4] == sorted(out[:4])
+    assert {Path(p).name for p in out[:4]} == {"114709.jpg", "113497.jpg", "120338.jpg",
+                                               "tt0110912.png"}
+    assert out[4:] == ["missing.jpg", "https://example.org/a.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PosterGenreError, match="no poster images"):
+        P.expand_inputs([tmp_path / "empty"])
+
+
+def test_titles_from_labels_csv(tmp_path):
+    labels = tmp_path / "movies.csv"
+    labels.write_text("imdbId,Title,Genre\n114709,Toy Story (1995),Animation|Comedy\n"
+                      "110912,Pulp Fiction (1994),Crime|Drama\n", encoding="utf-8")
+    titles = P.load_titles(labels)
+    assert P.title_of("posters/114709.jpg", titles) == "Toy Story (1995)"
+    assert P.title_of("https://x.org/p/tt0110912.jpg?s=1", titles) == "Pulp Fiction (1994)"
+    assert P.title_of("posters/999.jpg", titles) is None
+    assert P.file_name("https://x.org/p/poster.jpg?s=1") == "poster.jpg"
+
+
+def test_predict_stream_matches_predictor_and_reports_bad_inputs(tiny_run, posters, tmp_path):
+    predictor = P.Predictor.load(tiny_run, backend="torch", batch_size=2)
+    good = P.expand_inputs([posters])
+    bad_image = tmp_path / "bad.jpg"
+    bad_image.write_bytes(b"this is text")
+    sources = [good[0], str(tmp_path / "missing.jpg"), good[1], str(bad_image), *good[2:]]
+    done: list[int] = []
+    results = list(P.predict_stream(predictor, sources, on_done=done.append))
+    assert [r.source for r in results] == sources
+    assert sum(done) == len(sources)
+    errors = {r.source: r.error for r in results if r.error}
+    assert set(errors) == {str(tmp_path / "missing.jpg"), str(bad_image)}
+    assert "no such file" in errors[str(tmp_path / "missing.jpg")]
+    expected = predictor.predict_files(good)
+    got = np.stack([r.probabilities for r in results if r.error is None])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_fetch_url(httpserver, posters):
+    data = (posters / "114709.jpg").read_bytes()
+    httpserver.expect_request("/poster.jpg").respond_with_data(data, content_type="image/jpeg")
+    httpserver.expect_request("/gone.jpg").respond_with_data("nope", status=404)
+    assert P.fetch_url(httpserver.url_for("/poster.jpg")) == data
+    with pytest.raises(InvalidImageError, match="HTTP 404"):
+        P.fetch_url(httpserver.url_for("/gone.jpg"))
+    with pytest.raises(InvalidImageError, match="larger than"):
+        P.fetch_url(httpserver.url_for("/poster.jpg"), max_bytes=100)
+    with pytest.raises(InvalidImageError, match="unreachable"):
+        P.fetch_url("http://127.0.0.1:9/x.jpg", timeout=2)
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["predict", "--backend", "torch", *args])
+
+
+def test_cli_json_lines(tiny_run, posters):
+    result = _invoke(str(posters), "--model", str(tiny_run), "--format", "json", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 4
+    for rec in lines:
+        assert set(rec) == {"path", "title", "top", "scores"}
+        assert list(rec["scores"]) == GENRES
+        top = dict(rec["top"])
+        assert len(top) == 2 and top == {g: rec["scores"][g] for g in top}
+        assert min(top.values()) >= max(p for g, p in rec["scores"].items() if g not in top)
+
+
+def test_cli_table_titles_csv_and_failures(tiny_run, posters, tmp_path):
+    labels = tmp_path / "movies.csv"
+    labels.write_text("imdbId,Title,Genre\n114709,Toy Story (1995),Comedy\n", encoding="utf-8")
+    missing = str(tmp_path / "missing.jpg")
+    result = _invoke(str(posters / "114709.jpg"), missing, str(posters / "113497.jpg"),
+                     "--model", str(tiny_run), "--labels", str(labels))
+    assert result.exit_code == 1
+    rows = result.stdout.splitlines()
+    assert rows[0].startswith("Toy Story (1995)   ") and rows[1].startswith("113497.jpg")
+    assert rows[0].count("(0.") + rows[0].count("(1.") == 3  # three genres with scores
+    assert f"error: {missing}: no such file" in result.stderr
+
+    result = _invoke(str(posters), "--model", str(tiny_run), "--format", "csv")
+    table = list(csv.reader(io.StringIO(result.stdout)))
+    assert table[0] == ["path", "title", "top", *GENRES]
+    assert len(table) == 5 and all(len(r) == 3 + len(GENRES) for r in table)
+
+
+def test_cli_threshold_lists_genres_over_threshold(tiny_run, posters):
+    result = _invoke(str(posters), "--model", str(tiny_run), "--format", "json",
+                     "--threshold", "0")
+    for rec in map(json.loads, result.stdout.splitlines()):
+        assert len(rec["top"]) == len(GENRES)  # threshold 0: every genre
+    result = _invoke(str(posters), "--model", str(tiny_run), "--format", "json",
+                     "--threshold", "tuned")
+    for rec in map(json.loads, result.stdout.splitlines()):
+        assert {g for g, _ in rec["top"]} == {g for g, p in rec["scores"].items() if p >= 0.5}
+    assert _invoke(str(posters), "--threshold", "high").exit_code == 2
+
+
+@pytest.mark.realdata
+def test_cli_on_real_posters_with_real_titles(tiny_run, real_data):
+    posters = [str(real_data / "posters" / f"{i}.jpg") for i in (114709, 113497)]
+    result = _invoke(*posters, "--model", str(tiny_run), "--labels",
+                     str(real_data / "movies.csv"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    titles = [json.loads(line)["title"] for line in result.stdout.splitlines()]
+    assert titles == ["Toy Story (1995)", "Jumanji (1995)"]
