@@ -48,7 +48,7 @@ def serve(data: Path, n: int, port: int, latency: float) -> None:
         await send({"type": "http.response.body", "body": body})
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                http="h11", loop="asyncio", lifespan="off", backlog=1024)
+                lifespan="off", backlog=1024)
 
 
 def free_port() -> int:

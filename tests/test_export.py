@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from postergenre.errors import RunError
-from postergenre.export import OnnxBackend, export_onnx, make_session, onnx_available
+from postergenre.export import (
+    OnnxBackend,
+    export_onnx,
+    make_session,
+    onnx_available,
+    quantize_run,
+)
 from postergenre.models import create_model
 from postergenre.predict import Predictor, TorchBackend
 from postergenre.run import load_run, save_config, save_weights
@@ -136,3 +142,45 @@ def test_efficientnet_lite0_parity(tmp_path: Path) -> None:
     p_onnx = Predictor.load(run, backend="onnx").predict_proba(x)
     p_torch = TorchBackend(load_run(run))(x)
     assert np.abs(p_onnx - p_torch).max() < 1e-4
+
+
+def make_dataset(path: Path, n: int = 15) -> Path:
+    """A tiny dataset of synthetic posters with the run's genres (train and val)."""
+    import pandas as pd
+    from conftest import make_poster
+
+    from postergenre.data.dataset import write_genres, write_split
+
+    write_genres(path, GENRES)
+    for split, offset in (("train", 0), ("val", 100)):
+        rows = []
+        for i in range(n):
+            poster = make_poster(path / "posters" / f"{offset + i}.jpg", seed=offset + i)
+            genres = [g for j, g in enumerate(GENRES) if (i + j) % 3]  # 10 positives each
+            rows.append({"imdbId": offset + i, "title": f"t{i}", "poster": str(poster),
+                         "genres": "|".join(genres)})
+        write_split(path, split, pd.DataFrame(rows), GENRES)
+    return path
+
+
+@pytest.mark.slow
+def test_int8_is_kept_only_when_quality_holds(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "run", input_size=SIZE)
+    dataset = make_dataset(tmp_path / "data")
+
+    rejected = quantize_run(load_run(run_dir), dataset, max_drop=-1.0)  # nothing can pass
+    assert not rejected["accepted"] and rejected["val_posters"] == 15
+    assert not (run_dir / "int8.onnx").exists()
+    assert Predictor.load(run_dir, backend="onnx").backend.int8 is False
+
+    accepted = quantize_run(load_run(run_dir), dataset, max_drop=1.0)
+    assert accepted["accepted"] and (run_dir / "int8.onnx").is_file()
+    assert json.loads((run_dir / "int8.json").read_text())["run"] == accepted["run"]
+    int8 = Predictor.load(run_dir, backend="onnx")
+    assert int8.backend.int8 is True
+    x = random_posters(4, SIZE)
+    fp32 = Predictor.load(run_dir, backend="torch").predict_proba(x)
+    assert 0 < np.abs(int8.predict_proba(x) - fp32).max() < 0.1  # close, not exact
+
+    make_run(run_dir, input_size=SIZE, seed=1)  # retrained: the int8 graph no longer applies
+    assert Predictor.load(run_dir, backend="onnx").backend.int8 is False

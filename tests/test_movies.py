@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from postergenre.data.movies import decode_lines, read_labels
 from postergenre.errors import DatasetError
@@ -64,6 +66,20 @@ def test_non_utf8_lines_fall_back_to_windows_1252_line_by_line(tmp_path: Path) -
 def test_mojibake_is_kept_as_found() -> None:
     text = "1,Am\u00c3\u00a9lie,Comedy"  # UTF-8 read as Latin-1 once, upstream
     assert decode_lines(text.encode("utf-8")) == (text, 0)
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_line_for_line(data: bytes) -> None:
+    text, fallbacks = decode_lines(data)
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    assert text.count("\n") == len(lines) - 1
+    assert 0 <= fallbacks <= len(lines)
+
+
+@given(st.text(max_size=200))
+def test_utf8_text_round_trips(text: str) -> None:
+    if not text.startswith("\ufeff"):
+        assert decode_lines(text.encode("utf-8")) == (text, 0)
 
 
 def test_bom_is_ignored(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def posters(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("posters")
-    for i, imdb in enumerate([114709, 113497, 120338]):
+    for i, imdb in enumerate([114709, 113277, 120338]):
         make_poster(folder / f"{imdb}.jpg", seed=i, size=(40, 60))
     make_poster(folder / "sub" / "deeper" / "tt0110912.png", seed=5, size=(40, 60))
     (folder / "notes.txt").write_text("not a poster")
@@ -49,7 +49,7 @@ def posters(tmp_path_factory) -> Path:
 def test_expand_inputs_walks_folders_and_keeps_files_and_urls(posters, tmp_path):
     out = P.expand_inputs([str(posters), "missing.jpg", "https://example.org/a.jpg"])
     assert out[:4] == sorted(out[:4])
-    assert {Path(p).name for p in out[:4]} == {"114709.jpg", "113497.jpg", "120338.jpg",
+    assert {Path(p).name for p in out[:4]} == {"114709.jpg", "113277.jpg", "120338.jpg",
                                                "tt0110912.png"}
     assert out[4:] == ["missing.jpg", "https://example.org/a.jpg"]
     (tmp_path / "empty").mkdir()
@@ -120,11 +120,11 @@ def test_cli_table_titles_csv_and_failures(tiny_run, posters, tmp_path):
     labels = tmp_path / "movies.csv"
     labels.write_text("imdbId,Title,Genre\n114709,Toy Story (1995),Comedy\n", encoding="utf-8")
     missing = str(tmp_path / "missing.jpg")
-    result = _invoke(str(posters / "114709.jpg"), missing, str(posters / "113497.jpg"),
+    result = _invoke(str(posters / "114709.jpg"), missing, str(posters / "113277.jpg"),
                      "--model", str(tiny_run), "--labels", str(labels))
     assert result.exit_code == 1
     rows = result.stdout.splitlines()
-    assert rows[0].startswith("Toy Story (1995)   ") and rows[1].startswith("113497.jpg")
+    assert rows[0].startswith("Toy Story (1995)   ") and rows[1].startswith("113277.jpg")
     assert rows[0].count("(0.") + rows[0].count("(1.") == 3  # three genres with scores
     assert f"error: {missing}: no such file" in result.stderr
 
@@ -148,9 +148,9 @@ def test_cli_threshold_lists_genres_over_threshold(tiny_run, posters):
 
 @pytest.mark.realdata
 def test_cli_on_real_posters_with_real_titles(tiny_run, real_data):
-    posters = [str(real_data / "posters" / f"{i}.jpg") for i in (114709, 113497)]
+    posters = [str(real_data / "posters" / f"{i}.jpg") for i in (114709, 113277)]
     result = _invoke(*posters, "--model", str(tiny_run), "--labels",
                      str(real_data / "movies.csv"), "--format", "json")
     assert result.exit_code == 0, result.output
     titles = [json.loads(line)["title"] for line in result.stdout.splitlines()]
-    assert titles == ["Toy Story (1995)", "Jumanji (1995)"]
+    assert titles == ["Toy Story (1995)", "Heat (1995)"]

@@ -114,6 +114,8 @@ def test_split_ratios_are_options(tmp_path: Path) -> None:
                              progress=False)
     assert report.splits == {"train": 30, "val": 10, "test": 0}
     assert len(load_split(tmp_path / "ds", "test")) == 0
+    card = json.loads((tmp_path / "ds" / "card.json").read_text())  # strict JSON: no NaN
+    assert card["prior_baseline"]["top3_hit"]["test"] is None
 
 
 def test_iterative_stratification_keeps_genre_shares() -> None:

@@ -40,7 +40,7 @@ def test_report_contents(report_file):
     path, results = report_file
     html = path.read_text(encoding="utf-8")
     assert len(re.findall(r'src="data:image/png;base64,', html)) == 4  # the four figures
-    assert len(re.findall(r'src="data:image/jpeg;base64,', html)) == 16  # 8 best, 8 worst
+    assert len(re.findall(r'src="data:image/jpeg;base64,', html)) == 24  # 12 best, 12 worst
     assert "src=\"http" not in html and "<script" not in html  # nothing to fetch: opens offline
     assert "Film &lt;" in html and "Film <" not in html
     excluded = results["model"]["excluded_genres"]
@@ -91,5 +91,5 @@ def test_report_images_load_in_headless_chromium(report_file, tmp_path):
             " title: document.title};")
     finally:
         driver.quit()
-    assert state["n"] == 20 and state["ok"] == 20
+    assert state["n"] == 28 and state["ok"] == 28
     assert state["title"] == "Evaluation report"

@@ -26,9 +26,9 @@ def download(
 ) -> None:
     """Download every poster of a Kaggle MovieGenre.csv, validated, resumable and crash-safe.
 
-    Posters already present and valid are skipped, so an interrupted run resumes where it
-    stopped. Failures and their reasons go to OUT/download-report.json; the exit code is 1
-    when any poster failed.
+    Posters already present and valid are skipped: rerun an interrupted download to resume.
+    Every failure and its reason is listed in OUT/download-report.json.
+    The exit code is 1 when any poster failed.
     """
     from rich import progress as rp
     from rich.console import Console
@@ -101,9 +101,9 @@ def prepare(
 @app.command("stats")
 def stats(
     dataset: Path = typer.Argument(..., metavar="DATASET", help="A prepared dataset folder."),
-    plot: Path = typer.Option(None, "--plot", metavar="PNG",
-                              help="Where to write the genre plot [default: "
-                                   "DATASET/genres.png]."),
+    plot: Path | None = typer.Option(None, "--plot", metavar="PNG",
+                              help="Where to write the genre plot "
+                                   "(default: DATASET/genres.png)."),
 ) -> None:
     """Print movies per genre in each split with the prior baseline, and write a genre plot."""
     from rich.console import Console

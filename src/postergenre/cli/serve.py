@@ -20,10 +20,11 @@ def serve(
 ) -> None:
     """Serve the model over HTTP, with a page at / to try it in a browser.
 
-    POST /predict takes one multipart upload (field "file") and returns the same JSON object
-    as `postergenre predict --json`; POST /predict/batch takes several (field "files").
-    GET /genres, GET /health, and the API docs at /docs (/openapi.json). Every asset is served
-    by the app itself: it works offline. The server never fetches URLs, it only reads uploads.
+    POST /predict: one multipart upload (field "file") -> the `predict --format json` object.
+
+    POST /predict/batch: several files (field "files"). Also GET /genres, GET /health, /docs.
+
+    Every asset is served by the app itself (it works offline); it never fetches URLs.
     """
     from postergenre.serve import Limits
     from postergenre.serve import serve as run_server

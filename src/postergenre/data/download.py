@@ -184,7 +184,7 @@ async def _fetch(client: httpx.AsyncClient, link: PosterLink, path: Path,
         except _Fail as e:
             if not e.retry or attempt == cfg.retries:
                 if e.retry and cfg.retries:
-                    e.reason += f" (after {cfg.retries + 1} attempts)"
+                    e.reason += f", after {cfg.retries + 1} attempts"
                 raise
         await asyncio.sleep(cfg.backoff * 2**attempt * random.uniform(0.5, 1.5))
 
@@ -212,9 +212,7 @@ async def download_links(
     ensure_writable_dir(out / "posters")
     remove_partial_files(out)
     summary = DownloadSummary(total=len(links))
-    queue: asyncio.Queue[PosterLink] = asyncio.Queue()
-    for link in links:
-        queue.put_nowait(link)
+    pending = iter(links)  # shared by the workers; each takes the next link when free
 
     # One single-connection client per worker: the same keep-alive reuse as a shared pool,
     # without httpcore's pool bookkeeping, which grows quadratically with the queue depth.
@@ -226,12 +224,12 @@ async def download_links(
             max_redirects=cfg.max_redirects, headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         ) as client:
-            while not queue.empty():
-                outcome = await _process(client, queue.get_nowait())
+            for link in pending:
+                outcome = await process(client, link)
                 if on_done:
                     on_done(outcome)
 
-    async def _process(client: httpx.AsyncClient, link: PosterLink) -> str:
+    async def process(client: httpx.AsyncClient, link: PosterLink) -> str:
         path = poster_path(out, link.imdb_id)
         if path.exists() and await asyncio.to_thread(_is_valid, path):
             summary.skipped += 1

@@ -7,8 +7,8 @@ Two layouts are accepted, told apart by their header (names matched case- and sp
 
 Only ``imdbId`` and ``Genre`` are required; ``Title`` and ``Poster`` (the poster URL) are kept
 when present. Nothing is cleaned here beyond parsing: ids that are not integers become missing,
-and every row keeps its 1-based position in the file (``row``) so that cleaning can account for
-each one.
+and every row keeps its 1-based data-row number (``row``; the header and blank lines are not
+counted) so that cleaning can account for each one.
 
 Encoding: the file is decoded line by line, as UTF-8 when the line is valid UTF-8 and as
 Windows-1252 otherwise (Latin-1 for the five bytes Windows-1252 leaves undefined). No byte is

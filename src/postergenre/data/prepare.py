@@ -69,7 +69,7 @@ class PrepareReport:
     posters_without_row: list[str] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
     genres: int = 0
-    prior_top3_hit: dict[str, float] = field(default_factory=dict)
+    prior_top3_hit: dict[str, float | None] = field(default_factory=dict)
     seed: int = 0
     ratios: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -141,16 +141,23 @@ def _track(items, total: int, description: str, show: bool):
             bar.advance(task)
 
 
-def split_indices(y: np.ndarray, val: float = 0.15, test: float = 0.15,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Row indices of train/val/test by iterative stratification, sorted, reproducible."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
+def check_ratios(val: float, test: float) -> None:
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise DatasetError(f"split ratios val={val} and test={test} must be in [0, 1) with "
                            "val + test < 1")
+
+
+def split_indices(y: np.ndarray, val: float = 0.15, test: float = 0.15,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Row indices of train/val/test by iterative stratification, sorted, reproducible.
+
+    The test split is carved first, then val from the rest, each with iterstrat's
+    MultilabelStratifiedShuffleSplit driven by one RandomState seeded with `seed`.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    check_ratios(val, test)
     rng = np.random.RandomState(seed)
-    n = len(y)
 
     def carve(index: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
         if share == 0:
@@ -165,9 +172,54 @@ def split_indices(y: np.ndarray, val: float = 0.15, test: float = 0.15,
             ) from None
         return index[rest], index[part]
 
-    rest, test_idx = carve(np.arange(n), test)
-    train_idx, val_idx = carve(rest, val / (1 - test) if test < 1 else 0)
+    rest, test_idx = carve(np.arange(len(y)), test)
+    train_idx, val_idx = carve(rest, val / (1 - test))
     return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def clean_rows(table: pd.DataFrame, by_id: dict[int, Path], workers: int | None = None,
+               progress: bool = True) -> tuple[pd.Series, pd.Series, list[dict], list[dict]]:
+    """Each row's outcome (ROW_OUTCOMES), its parsed genres, duplicate conflicts, bad posters."""
+    ids = table["imdbId"]
+    genre_lists = table["genre"].map(parse_genres)
+    outcome = pd.Series("kept", index=table.index, dtype=object)
+    outcome[ids.isna()] = "missing_id"
+    outcome[(outcome == "kept") & (genre_lists.str.len() == 0)] = "missing_genre"
+    # duplicates among rows that survived so far: a row without genre shadows nothing
+    candidates = outcome == "kept"
+    outcome[candidates & ids.where(candidates).duplicated(keep="first")] = "duplicate_id"
+    conflicts = _conflicts(table[candidates], genre_lists[candidates])
+
+    has_file = ids.map(lambda i: pd.notna(i) and int(i) in by_id).astype(bool)
+    outcome[(outcome == "kept") & ~has_file] = "poster_missing"
+    check = table.index[outcome == "kept"]
+    paths = [by_id[int(ids[i])] for i in check]
+    invalid = []
+    for i, path, err in zip(check, paths, validate_posters(paths, workers, progress),
+                            strict=True):
+        if err is not None:
+            outcome[i] = "poster_invalid"
+            invalid.append({"row": int(table.at[i, "row"]), "imdbId": int(ids[i]),
+                            "file": path.name, "error": err})
+    return outcome, genre_lists, conflicts, invalid
+
+
+def poster_outcomes(ids: pd.Series, outcome: pd.Series, by_id: dict[int, Path],
+                    odd: dict[str, list[str]]) -> tuple[dict[str, int], list[str]]:
+    """Each poster file's outcome count (POSTER_OUTCOMES) and the files without a row."""
+    row_ids = set(ids.dropna().astype(int))
+    kept = set(ids[outcome == "kept"].astype(int))
+    invalid = set(ids[outcome == "poster_invalid"].astype(int))
+    without_row = sorted(by_id[i].name for i in by_id if i not in row_ids)
+    counts = {
+        "kept": len(kept),
+        "invalid": len(invalid),
+        "row_dropped": sum(1 for i in by_id if i in row_ids and i not in kept | invalid),
+        "without_row": len(without_row),
+        "duplicate_file": len(odd["duplicate_file"]),
+        "not_a_poster": len(odd["not_a_poster"]),
+    }
+    return counts, without_row
 
 
 def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *, seed: int = 0,
@@ -184,75 +236,40 @@ def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *,
         reason = "is not a folder" if posters.exists() else "does not exist"
         raise DatasetError(f"{posters}: posters folder {reason}")
     movies = read_labels(labels)
-    if val + test >= 1 or min(val, test) < 0:
-        split_indices(np.zeros((0, 1)), val, test)  # raises the one-line ratio error
+    check_ratios(val, test)
     out = ensure_writable_dir(out)
     posters = Path(os.path.abspath(posters))  # absolute, '..' folded, symlinks kept
     by_id, odd = index_posters(posters)
 
     table = movies.table
-    outcome = pd.Series("kept", index=table.index, dtype=object)
-    outcome[table["imdbId"].isna()] = "missing_id"
-    genre_lists = table["genre"].map(parse_genres)
-    outcome[(outcome == "kept") & (genre_lists.str.len() == 0)] = "missing_genre"
-    candidates = outcome == "kept"
-    # among rows that survived steps 1-2 (an earlier row without genre does not shadow a later one)
-    dup = candidates & table["imdbId"].where(candidates).duplicated(keep="first")
-    outcome[dup] = "duplicate_id"
-    conflicts = _conflicts(table[candidates], genre_lists[candidates])
-
-    ids = table["imdbId"]
-    has_file = ids.map(lambda i: i in by_id if pd.notna(i) else False).astype(bool)
-    outcome[(outcome == "kept") & ~has_file] = "poster_missing"
-    check = table.index[outcome == "kept"]
-    paths = [by_id[int(ids[i])] for i in check]
-    errors = validate_posters(paths, workers, progress)
-    invalid = []
-    for i, path, err in zip(check, paths, errors, strict=True):
-        if err is not None:
-            outcome[i] = "poster_invalid"
-            invalid.append({"row": int(table.at[i, "row"]), "imdbId": int(ids[i]),
-                            "file": path.name, "error": err})
-
-    # poster files: each ends in exactly one outcome
-    row_ids = set(ids.dropna().astype(int))
-    kept_ids = set(ids[outcome == "kept"].astype(int))
-    invalid_ids = {d["imdbId"] for d in invalid}
-    without_row = sorted(by_id[i].name for i in by_id if i not in row_ids)
-    poster_files = {
-        "kept": len(kept_ids),
-        "invalid": len(invalid_ids),
-        "row_dropped": sum(1 for i in by_id if i in row_ids and i not in kept_ids | invalid_ids),
-        "without_row": len(without_row),
-        "duplicate_file": len(odd["duplicate_file"]),
-        "not_a_poster": len(odd["not_a_poster"]),
-    }
-
-    kept = table[outcome == "kept"]
-    if kept.empty:
+    outcome, genre_lists, conflicts, invalid = clean_rows(table, by_id, workers, progress)
+    poster_files, without_row = poster_outcomes(table["imdbId"], outcome, by_id, odd)
+    keep = outcome == "kept"
+    if not keep.any():
         raise DatasetError(f"{movies.source}: no movie left after cleaning against {posters} "
                            f"({_summary(outcome)})")
-    kept_genres = genre_lists[outcome == "kept"].tolist()
+
+    kept_genres = genre_lists[keep].tolist()
     vocabulary = build_vocabulary(kept_genres)
     y = multi_hot(kept_genres, vocabulary)
     parts = split_indices(y, val, test, seed)
+    kept_ids = table.loc[keep, "imdbId"].astype("int64").to_numpy()
     dataset = pd.DataFrame({
-        "imdbId": kept["imdbId"].astype("int64").to_numpy(),
-        "poster": [str(by_id[int(i)]) for i in kept["imdbId"]],
-        "title": kept["title"].to_numpy(),
+        "imdbId": kept_ids,
+        "poster": [str(by_id[i]) for i in kept_ids],
+        "title": table.loc[keep, "title"].to_numpy(),
         "genres": [SEPARATOR.join(g) for g in kept_genres],
     })
     write_genres(out, vocabulary)
     for name in SPLITS:
         write_split(out, name, dataset.iloc[parts[name]], vocabulary)
-    split_labels = {name: y[parts[name]] for name in SPLITS}
-    info = stats.card(split_labels, vocabulary)
+    info = stats.card({name: y[parts[name]] for name in SPLITS}, vocabulary)
 
     report = PrepareReport(
         labels=str(labels), posters=str(posters), out=str(out), layout=movies.layout,
         rows_total=len(table),
         rows={k: int((outcome == k).sum()) for k in ROW_OUTCOMES},
-        posters_total=len(by_id) + poster_files["duplicate_file"] + poster_files["not_a_poster"],
+        posters_total=len(by_id) + len(odd["duplicate_file"]) + len(odd["not_a_poster"]),
         poster_files=poster_files,
         fallback_lines=movies.fallback_lines,
         duplicate_conflicts=conflicts,
@@ -264,8 +281,8 @@ def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *,
         genres=len(vocabulary),
         prior_top3_hit=info["prior_baseline"]["top3_hit"],
         seed=seed, ratios={"train": round(1 - val - test, 6), "val": val, "test": test},
+        seconds=round(time.perf_counter() - start, 2),
     )
-    report.seconds = round(time.perf_counter() - start, 2)
     info = {"source": {"labels": report.labels, "posters": report.posters,
                        "layout": report.layout},
             "seed": seed, "ratios": report.ratios, **info}
@@ -278,13 +295,12 @@ def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *,
 def _conflicts(rows: pd.DataFrame, genre_lists: pd.Series) -> list[dict]:
     """Ids seen more than once whose genre sets disagree (the first row wins)."""
     out = []
-    dup_ids = rows["imdbId"][rows["imdbId"].duplicated(keep=False)]
-    for key in pd.unique(dup_ids):
-        idx = rows.index[rows["imdbId"] == key]
-        sets = [genre_lists[i] for i in idx]
-        if any(set(s) != set(sets[0]) for s in sets[1:]):
-            out.append({"imdbId": int(key), "rows": [int(rows.at[i, "row"]) for i in idx],
-                        "genres": [SEPARATOR.join(s) for s in sets]})
+    dups = rows[rows["imdbId"].duplicated(keep=False)]
+    for key, group in dups.groupby("imdbId", sort=False):
+        sets = [genre_lists[i] for i in group.index]
+        if any(set(g) != set(sets[0]) for g in sets[1:]):
+            out.append({"imdbId": int(key), "rows": group["row"].astype(int).tolist(),
+                        "genres": [SEPARATOR.join(g) for g in sets]})
     return out
 
 
@@ -306,9 +322,9 @@ def card_markdown(info: dict) -> str:
         "|---|" + "---:|" * len(names),
         "| movies | " + " | ".join(str(info["movies"][n]) for n in names) + " |",
         "| genres per movie (mean) | "
-        + " | ".join(f"{info['labels_per_movie'][n]['mean']:.2f}" for n in names) + " |",
+        + " | ".join(_fmt(info["labels_per_movie"][n]["mean"], ".2f") for n in names) + " |",
         f"| prior top-3 hit ({', '.join(prior['guess'])}) | "
-        + " | ".join(f"{prior['top3_hit'][n]:.3f}" for n in names) + " |",
+        + " | ".join(_fmt(prior["top3_hit"][n], ".3f") for n in names) + " |",
         "",
         "The prior baseline always guesses the train split's three most frequent genres; "
         "a model's top-3 accuracy means little unless it beats it on the same split.", "",
@@ -326,6 +342,10 @@ def card_markdown(info: dict) -> str:
         lines.append(f"| {k} | " + " | ".join(
             str(info["labels_per_movie"][n]["histogram"].get(str(k), 0)) for n in names) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def render_cleaning_report(report: PrepareReport) -> Table:

@@ -34,18 +34,21 @@ def prior_top3_hit(train_labels: np.ndarray, eval_labels: np.ndarray, k: int = 3
     return float((eval_labels[:, top] > 0).any(axis=1).mean())
 
 
-def labels_per_movie(labels: np.ndarray) -> dict[str, float | dict[str, int]]:
-    """Mean number of genres per movie and the histogram {n_genres: n_movies}."""
+def labels_per_movie(labels: np.ndarray) -> dict[str, float | None | dict[str, int]]:
+    """Mean number of genres per movie (None when empty) and the histogram {n_genres: n_movies}."""
     n = (np.asarray(labels) > 0).sum(axis=1)
     values, counts = np.unique(n, return_counts=True)
     return {
-        "mean": round(float(n.mean()), 4) if len(n) else float("nan"),
+        "mean": round(float(n.mean()), 4) if len(n) else None,
         "histogram": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
     }
 
 
 def card(splits: Mapping[str, np.ndarray], genres: Sequence[str], k: int = 3) -> dict:
-    """The statistics part of a dataset card, from each split's (n, G) multi-hot labels."""
+    """The statistics part of a dataset card, from each split's (n, G) multi-hot labels.
+
+    Figures undefined on an empty split (a ratio of 0) are None, so the card stays valid JSON.
+    """
     train = splits["train"]
     top = top_genres(train, k)
     return {
@@ -58,7 +61,7 @@ def card(splits: Mapping[str, np.ndarray], genres: Sequence[str], k: int = 3) ->
         "labels_per_movie": {name: labels_per_movie(y) for name, y in splits.items()},
         "prior_baseline": {
             "guess": [genres[i] for i in top],
-            f"top{k}_hit": {name: round(prior_top3_hit(train, y, k), 4)
+            f"top{k}_hit": {name: round(prior_top3_hit(train, y, k), 4) if len(y) else None
                             for name, y in splits.items()},
         },
     }
@@ -116,8 +119,10 @@ def plot_genre_distribution(dataset: str | Path, out: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(genres) + 1.5))
     left = np.zeros(len(genres))
     for name, c in counts.items():
-        ax.barh([genres[i] for i in order], c[order], left=left[order], label=name)
+        bars = ax.barh([genres[i] for i in order], c[order], left=left[order], label=name)
         left += c
+    ax.bar_label(bars, labels=[f"{int(left[i]):,}" for i in order], padding=3, fontsize=8)
+    ax.margins(x=0.1)
     ax.set_xlabel("movies")
     ax.set_title(f"Genre distribution ({sum(len(y) for y in splits.values()):,} movies)")
     ax.legend(loc="lower right")

@@ -86,15 +86,21 @@ def reliability(y_true: np.ndarray, scores: np.ndarray, bins: int = 10) -> tuple
 
 
 def cooccurrence(y_true: np.ndarray, y_pred: np.ndarray, genres: Sequence[str]) -> bytes:
-    """Genre co-occurrence P(column genre | row genre), true labels beside predictions."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
-    for ax, y, title in ((axes[0], y_true, "true labels"),
-                         (axes[1], y_pred, "predicted (tuned thresholds)")):
-        y = y.astype(float)
+    """Genre co-occurrence P(column genre | row genre), true labels beside predictions.
+
+    The diagonal (always 1) is left blank so the colour scale shows the pairs."""
+    conds = []
+    for y in (y_true.astype(float), y_pred.astype(float)):
         both = y.T @ y
         with np.errstate(invalid="ignore", divide="ignore"):
             cond = both / np.diag(both)[:, None]
-        image = ax.imshow(np.nan_to_num(cond), vmin=0, vmax=1, cmap="viridis")
+        np.fill_diagonal(cond, np.nan)
+        conds.append(cond)
+    vmax = float(np.nanmax(conds[0])) if np.isfinite(conds[0]).any() else 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    for ax, cond, title in zip(axes, conds, ("true labels", "predicted (tuned thresholds)"),
+                               strict=True):
+        image = ax.imshow(cond, vmin=0, vmax=vmax, cmap="viridis")
         ax.set_xticks(range(len(genres)), genres, rotation=90, fontsize=7)
         ax.set_yticks(range(len(genres)), genres, fontsize=7)
         ax.set_title(f"P(column | row), {title}")

@@ -25,6 +25,7 @@ from postergenre.io import atomic_write_text
 
 THUMB = (201, 136)  # (height, width) of the posters in the grid
 MAIN_GENRES = 8
+GRID = 12  # posters in each of the best and worst grids
 
 # (key, label, higher is better)
 HEADLINE = [
@@ -100,7 +101,7 @@ def _poster_cards(indices: Sequence[int], y_true: np.ndarray, scores: np.ndarray
     return f"<div class=grid>{''.join(cards)}</div>"
 
 
-def best_and_worst(y_true: np.ndarray, scores: np.ndarray, n: int = 8) -> tuple[list, list]:
+def best_and_worst(y_true: np.ndarray, scores: np.ndarray, n: int = GRID) -> tuple[list, list]:
     """Posters whose genre ranking is best and worst: per-poster average precision of the true
     genres among all genres, ties broken by the mean probability of the true genres."""
     has_true = np.flatnonzero(y_true.sum(axis=1) > 0)
@@ -167,8 +168,10 @@ F1 and Hamming loss use per-genre thresholds tuned on the validation split.</p>
 <h2>Calibration</h2>
 {_figure(reliability_png, f"Reliability diagram; expected calibration error {ece:.3f}.")}
 <h2>Genre co-occurrence</h2>
-{_figure(plots.cooccurrence(y_true, scores >= thresholds, genres),
-         "How often the column genre comes with the row genre: true labels, then predictions.")}
+{_figure(plots.cooccurrence(y_true[:, in_macro], (scores >= thresholds)[:, in_macro],
+                            [g for g, m in zip(genres, in_macro, strict=True) if m]),
+         "How often the column genre comes with the row genre (genres in macro averages): "
+         "true labels, then predictions at the tuned thresholds.")}
 <h2>Best posters</h2>
 <p>Top-3 predictions (green: a true genre, red: not) and the true genres.</p>
 {_poster_cards(best, y_true, scores, genres, paths, titles)}
