@@ -5,7 +5,9 @@
 Each configuration runs in its own process (so its peak memory is its own) on the same
 posters, one after the other:
   torch          the model (shipped one unless --run) in PyTorch eager
-  onnx           the same model in onnxruntime (the default CPU backend)
+  onnx           the same model in onnxruntime, as `postergenre predict` runs it by default:
+                 int8 when the run carries a checked int8 graph (`export --int8`), else fp32
+  onnx-fp32      onnxruntime fp32, when `onnx` ran int8
   vgg16-original the original project's VGG16 at 200 x 150 in PyTorch eager (random weights:
                  only its cost matters)
 Figures: end-to-end posters/s over N posters (decode + resize + model, decoding overlapped
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIGS = ("torch", "onnx", "vgg16-original")
+CONFIGS = ("torch", "onnx", "onnx-fp32", "vgg16-original")
 TARGETS = {"throughput": 150.0, "p50_ms": 15.0, "vs_vgg16": 5.0}
 
 
@@ -59,11 +61,13 @@ def measure(run: str | None, backend: str, paths: list[Path], latency_n: int) ->
     """Runs in the worker process: every figure for one configuration."""
     import torch
 
-    from postergenre.export import physical_cores
+    from postergenre.export import OnnxBackend, physical_cores
     from postergenre.predict import Predictor, predict_stream
 
     torch.set_num_threads(physical_cores())
-    predictor = Predictor.load(run, backend=backend)
+    predictor = Predictor.load(run, backend="torch" if backend == "torch" else "onnx")
+    if backend == "onnx-fp32":
+        predictor.backend = OnnxBackend(predictor.run, int8=False)
     warm = predictor.load_batch(paths[:64])
     predictor.predict_proba(warm)  # warm-up (and, for onnx, the one-off export)
 
@@ -81,9 +85,13 @@ def measure(run: str | None, backend: str, paths: list[Path], latency_n: int) ->
         start = time.perf_counter()
         predictor.predict_files([path])
         latencies.append(1000 * (time.perf_counter() - start))
+    card = predictor.run.path / "int8.json"
+    int8_check = json.loads(card.read_text()) if backend == "onnx" and card.is_file() else None
     return {
+        "int8_check": int8_check if getattr(predictor.backend, "int8", False) else None,
         "model": predictor.run.model_name, "input_size": list(predictor.input_size),
-        "backend": predictor.backend.name, "posters": len(paths), "failed": failed,
+        "backend": predictor.backend.name, "int8": getattr(predictor.backend, "int8", False),
+        "posters": len(paths), "failed": failed,
         "throughput": throughput, "model_only_b64": model_only,
         "p50_ms": float(np.percentile(latencies, 50)),
         "p95_ms": float(np.percentile(latencies, 95)),
@@ -124,9 +132,16 @@ def report(results: dict[str, dict]) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         h, w = r["input_size"]
+        if name == "onnx":
+            name += " (int8)" if r["int8"] else " (fp32)"
         print(f"| {name} | {r['model']} ({h}x{w}) | {r['throughput']:.0f} "
               f"| {r['model_only_b64']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
               f"| {r['peak_rss_mb']:.0f} |")
+    check = results.get("onnx", {}).get("int8_check")
+    if check:
+        print(f"\nint8 graph checked on {check['val_posters']} val posters: macro AP "
+              f"fp32 {check['val_macro_ap_fp32']:.4f}, int8 {check['val_macro_ap_int8']:.4f} "
+              f"(allowed loss {check['max_drop']})")
     best = results.get("onnx") or results.get("torch")
     vgg = results.get("vgg16-original")
     if best:
@@ -156,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         return worker(args)
     results = {}
     for config in args.only:
+        if config == "onnx-fp32" and not results.get("onnx", {}).get("int8", True):
+            continue  # `onnx` already ran fp32
         results[config] = run_config(config, args)
         print(f"{config}: {json.dumps(results[config])}", flush=True)
     report(results)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -40,6 +42,18 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def subset(dataset: str, folder: Path, train: int | None, val: int | None) -> str:
+    """A copy of the dataset folder with random train/val subsets (seed 0) and the full test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(dataset) / "genres.json", folder / "genres.json")
+    for split, n in (("train", train), ("val", val), ("test", None)):
+        table = pd.read_csv(Path(dataset) / f"{split}.csv", dtype=str, keep_default_na=False)
+        if n is not None and n < len(table):
+            table = table.sample(n, random_state=0)
+        table.to_csv(folder / f"{split}.csv", index=False)
+    return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="datasets/shared")
@@ -49,10 +63,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--train-limit", type=int, default=None,
+                        help="Train on a random subset of this many train posters.")
+    parser.add_argument("--val-limit", type=int, default=None,
+                        help="Validate on a random subset of this many val posters.")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="Stop before an epoch that would end past this wall time.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = make_config(args.recipe, model=args.model, epochs=args.epochs)
     out = args.out or Path("runs") / f"bench-{config.model}"
+    if args.train_limit or args.val_limit:
+        args.data = subset(args.data, out.with_name(out.name + "-data"), args.train_limit,
+                           args.val_limit)
     splits = {s: load_split(args.data, s) for s in ("train", "val", "test")}
 
     start = time.perf_counter()
@@ -63,7 +86,9 @@ def main() -> None:
     decode = time.perf_counter() - start
 
     start = time.perf_counter()
-    summary = train(None, out, resume=True) if args.resume else train(args.data, out, config)
+    limit = args.minutes * 60 if args.minutes else None
+    summary = (train(None, out, resume=True, time_limit=limit) if args.resume
+               else train(args.data, out, config, time_limit=limit))
     wall = time.perf_counter() - start
     model = load_run(out).build_model()
     y = splits["test"].labels

@@ -12,7 +12,7 @@ from postergenre import bench
 RECORDER = """import json, sys
 from pathlib import Path
 Path(__file__).with_suffix('.args').write_text(json.dumps(sys.argv[1:]))
-# takes --quick
+# takes --data and --quick
 sys.exit({code})
 """
 
@@ -22,7 +22,8 @@ def scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "benchmarks"
     folder.mkdir()
     (folder / "bench_speed.py").write_text(RECORDER.format(code=0))
-    (folder / "bench_train.py").write_text(RECORDER.format(code=3).replace("--quick", ""))
+    (folder / "bench_train.py").write_text(RECORDER.format(code=3).replace(" and --quick", ""))
+    (folder / "bench_download.py").write_text(RECORDER.format(code=0).replace("--data and ", ""))
     monkeypatch.setattr(bench, "benchmarks_dir", lambda: folder)
     return folder
 
@@ -32,10 +33,14 @@ def args_of(folder: Path, name: str) -> list[str]:
 
 
 def test_runs_scripts_and_passes_quick_only_where_taken(scripts: Path, tmp_path: Path) -> None:
-    outcomes = bench.run_all(["train", "speed", "quality"], tmp_path / "data", quick=True)
-    assert outcomes == {"train": "failed (exit 3)", "speed": "ok", "quality": "missing"}
-    assert args_of(scripts, "speed") == ["--data", str(tmp_path / "data"), "--quick"]
-    assert args_of(scripts, "train") == ["--data", str(tmp_path / "data")]
+    data = str(tmp_path / "data")
+    names = ["train", "speed", "quality", "download"]
+    outcomes = bench.run_all(names, tmp_path / "data", quick=True)
+    assert outcomes == {"train": "failed (exit 3)", "speed": "ok", "quality": "missing",
+                        "download": "ok"}
+    assert args_of(scripts, "speed") == ["--data", data, "--quick"]
+    assert args_of(scripts, "train") == ["--data", data]
+    assert args_of(scripts, "download") == [data, "--quick"]  # takes DATA as an argument
 
 
 def test_main_exit_code_and_selection(scripts: Path) -> None:

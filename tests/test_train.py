@@ -172,3 +172,11 @@ def test_cli_trains_and_resumes(tmp_path):
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     assert len(read_history(tmp_path / "run")) == 1
+
+
+def test_time_limit_stops_early_and_resume_finishes(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    summary = train(data, tmp_path / "run", tiny_config(epochs=3), progress=False,
+                    time_limit=1e-9)
+    assert summary["epochs"] == 1 and (tmp_path / "run" / "thresholds.json").is_file()
+    assert train(None, tmp_path / "run", resume=True, progress=False)["epochs"] == 3

@@ -42,9 +42,11 @@ def benchmarks_dir() -> Path:
 
 
 def command(script: Path, data: Path, quick: bool) -> list[str]:
-    """How to run one script: --data always, --quick when the script takes it."""
-    args = [sys.executable, str(script), "--data", str(data)]
-    if quick and "--quick" in script.read_text(encoding="utf-8"):
+    """How to run one script: `--data DATA` (or DATA alone for a script without that option),
+    and `--quick` for a script that takes it."""
+    text = script.read_text(encoding="utf-8")
+    args = [sys.executable, str(script), *(["--data"] if "--data" in text else []), str(data)]
+    if quick and "--quick" in text:
         args.append("--quick")
     return args
 

@@ -184,6 +184,10 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
     if val.genres != run.genres:
         raise DatasetError(f"{dataset}: its genres differ from the run's; use the run's dataset")
+    columns = np.flatnonzero(val.labels.sum(0) >= MIN_POSITIVES)
+    if not len(columns):
+        raise DatasetError(f"{dataset}: no genre has {MIN_POSITIVES} positives in val; "
+                           "too small to check the int8 quality")
     picks = np.linspace(0, len(train) - 1, min(calibration_size, len(train))).astype(int)
     fp32_path = cached_onnx(run)
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,10 +201,6 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
             scores["int8"].append(int8.run([OUTPUT], {INPUT: x})[0])
             if on_batch:
                 on_batch(len(x))
-        columns = np.flatnonzero(val.labels.sum(0) >= MIN_POSITIVES)
-        if not len(columns):
-            raise DatasetError(f"{dataset}: no genre has {MIN_POSITIVES} positives in val; "
-                               "too small to check the int8 quality")
         ap = {k: macro_ap(val.labels, np.concatenate(v), columns) for k, v in scores.items()}
         record = {
             "run": run_fingerprint(run), "val_posters": len(val),

@@ -19,12 +19,20 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset version."),
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Compare the graph with PyTorch on random posters."),
+    int8: Path | None = typer.Option(
+        None, "--int8", metavar="DATASET",
+        help="Quantise to int8, calibrated on DATASET's train posters, and keep it only if the "
+             "val macro AP drops by at most --max-drop; the run then uses it for prediction.",
+    ),
+    max_drop: float = typer.Option(0.005, help="Largest val macro AP loss allowed for --int8."),
 ) -> None:
-    """Export a run's model as one ONNX graph for onnxruntime or any ONNX runtime.
+    """Export a run's model as one ONNX graph, for onnxruntime or any ONNX runtime.
 
-    The graph takes "image", a float32 (N, 3, H, W) RGB batch in [0, 1] (N is free; H, W are
-    the run's input size) and returns "probabilities" (N, n_genres); the genre names and the
-    input size are stored in its metadata.
+    Input "image": float32 (N, 3, H, W) RGB in [0, 1]; N is free, H x W the run's input size.
+
+    Output "probabilities": (N, n_genres); the genre names and input size are in its metadata.
+
+    With --int8 the graph is quantised and kept only if it passes a check on the val split.
     """
     from postergenre.export import export_onnx, make_session, run_metadata
     from postergenre.predict import TorchBackend
@@ -36,6 +44,8 @@ def export(
     if out.is_dir():
         raise PosterGenreError(f"{out}: is a folder; give a file name such as model.onnx")
     run = load_run(run_dir)
+    if int8 is not None:
+        return _export_int8(run, out, int8, max_drop)
     torch_backend = TorchBackend(run)
     export_onnx(torch_backend.model, out, run.input_size, opset=opset,
                 metadata=run_metadata(run))
@@ -49,3 +59,25 @@ def export(
         typer.echo(f"max |onnxruntime - pytorch| on 2 random posters: {diff:.1e}")
         if diff > 1e-4:
             raise PosterGenreError(f"{out}: the graph differs from PyTorch by {diff:.1e}")
+
+
+def _export_int8(run, out: Path, dataset: Path, max_drop: float) -> None:
+    from rich.progress import Progress
+
+    from postergenre.data.dataset import load_split
+    from postergenre.export import INT8_GRAPH, quantize_run
+    from postergenre.io import atomic_write_bytes
+
+    total = len(load_split(dataset, "val"))
+    with Progress(transient=True) as progress:
+        task = progress.add_task("int8 vs fp32 on val", total=total)
+        record = quantize_run(run, dataset, max_drop=max_drop,
+                              on_batch=lambda n: progress.advance(task, n))
+    ap32, ap8 = record["val_macro_ap_fp32"], record["val_macro_ap_int8"]
+    typer.echo(f"val macro AP on {record['val_posters']} posters: fp32 {ap32:.4f}, "
+               f"int8 {ap8:.4f} (change {ap8 - ap32:+.4f}, allowed -{max_drop})")
+    if not record["accepted"]:
+        raise PosterGenreError(f"{run.path}: int8 loses more than {max_drop} val macro AP; "
+                               "kept fp32, wrote nothing")
+    atomic_write_bytes(out, (run.path / INT8_GRAPH).read_bytes())
+    typer.echo(f"wrote {out} and {run.path / INT8_GRAPH} (the onnx backend now uses it)")

@@ -80,6 +80,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
                                 "last checkpoint (its own settings are used)."),
     device: str = typer.Option(None, help="cpu or cuda[:N] (default: cuda when available)."),
+    time_limit: float = typer.Option(None, "--time-limit", help="Minutes: stop before an "
+                                     "epoch that would end later (continue with --resume)."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to OUT/tensorboard."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded posters in the "
                                "on-disk cache for later runs."),
@@ -125,7 +127,8 @@ def train(
                              patience=patience, seed=seed)
     summary = train_loop(data, out, config, resume=resume, device=device,
                          backbone_weights=backbone_weights, progress=progress,
-                         tensorboard=tensorboard, cache=cache, workers=workers)
+                         tensorboard=tensorboard, cache=cache, workers=workers,
+                         time_limit=time_limit * 60 if time_limit else None)
     typer.echo(f"run written to {out}: {summary['epochs']} epochs, best val macro AP "
                f"{summary['best_val_macro_ap']:.4f} (epoch {summary['best_epoch']}), "
                f"{summary['seconds']:.0f} s")

@@ -187,23 +187,25 @@ def train(dataset: str | Path | None, out: str | Path, config: TrainConfig | Non
           resume: bool = False, device: str | None = None,
           backbone_weights: str | Path | None = None, progress: bool = True,
           tensorboard: bool = False, cache: bool = True, workers: int = 2,
+          time_limit: float | None = None,
           on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train `config` on DATASET into the run folder `out`; return a summary dict.
 
     With `resume=True` the settings and dataset come from `out`'s config.json and training
     continues after its last checkpoint. `on_epoch_end(record)` is called on every rank after
-    each epoch's checkpoint is written (progress hooks, tests).
+    each epoch's checkpoint is written (progress hooks, tests). `time_limit` (seconds) stops
+    before an epoch that would end past it (at least one epoch runs); `resume` continues later.
     """
     rank, world, dev = distributed.setup(device)
     try:
         return _train(dataset, Path(out), config, resume, rank, world, dev, backbone_weights,
-                      progress, tensorboard, cache, workers, on_epoch_end)
+                      progress, tensorboard, cache, workers, time_limit, on_epoch_end)
     finally:
         distributed.cleanup()
 
 
 def _train(dataset, out: Path, config, resume, rank, world, dev, backbone_weights, progress,
-           tensorboard, cache, workers, on_epoch_end) -> dict[str, Any]:
+           tensorboard, cache, workers, time_limit, on_epoch_end) -> dict[str, Any]:
     main = rank == 0
     if resume:
         stored = load_run(out).config
@@ -341,6 +343,11 @@ def _train(dataset, out: Path, config, resume, rank, world, dev, backbone_weight
             distributed.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(record)
+            elapsed = time.perf_counter() - start
+            if time_limit is not None and elapsed + record["seconds"] > time_limit:
+                _say(f"stopping after epoch {epoch + 1}: another would pass the time limit "
+                     f"({time_limit:.0f} s); --resume continues")
+                break
     finally:
         bars.close()
         if writer is not None:
