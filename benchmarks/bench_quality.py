@@ -29,26 +29,29 @@ DIMS = {"mean": 1280, "meanmax": 2560}
 LITE0 = "efficientnet-lite0"
 
 
-def features(paths, model=LITE0, size=(268, 182), pool="multi", flip=False) -> np.ndarray:
-    x = extract_features(paths, FeatureSpec(model, size, "multi", flip), progress=False)
-    return x[:, : DIMS.get(pool, x.shape[1])]
-
-
 class Data:
     """Train/val/test features of one backbone, with flipped copies on demand."""
 
     def __init__(self, dataset: str) -> None:
         self.splits = {s: load_split(dataset, s) for s in ("train", "val", "test")}
         self.y = {s: split.labels for s, split in self.splits.items()}
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    def features(self, split: str, model=LITE0, size=(268, 182), pool="multi", flip=False):
+        key = (split, model, tuple(size), flip)
+        if key not in self._cache:
+            spec = FeatureSpec(model, tuple(size), "multi", flip)
+            self._cache[key] = extract_features(self.splits[split].paths, spec, progress=False)
+        x = self._cache[key]
+        return x[:, : DIMS.get(pool, x.shape[1])]
 
     def x(self, split: str, flip: str = "none", **spec) -> np.ndarray:
         """flip: "none"; "test" (val/test average plain and mirrored features); "both" (that,
         and mirrored copies added to train)."""
-        paths = self.splits[split].paths
-        plain = features(paths, **spec)
+        plain = self.features(split, **spec)
         if flip == "none" or (flip == "test" and split == "train"):
             return plain
-        mirrored = features(paths, flip=True, **spec)
+        mirrored = self.features(split, flip=True, **spec)
         return np.concatenate([plain, mirrored]) if split == "train" else (plain + mirrored) / 2
 
 

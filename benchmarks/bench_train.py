@@ -42,11 +42,12 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def subset(dataset: str, folder: Path, train: int | None, val: int | None) -> str:
-    """A copy of the dataset folder with random train/val subsets (seed 0) and the full test."""
+def subset(dataset: str, folder: Path, train: int | None, val: int | None,
+           test: int | None) -> str:
+    """A copy of the dataset folder with random subsets (seed 0) of its splits."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(dataset) / "genres.json", folder / "genres.json")
-    for split, n in (("train", train), ("val", val), ("test", None)):
+    for split, n in (("train", train), ("val", val), ("test", test)):
         table = pd.read_csv(Path(dataset) / f"{split}.csv", dtype=str, keep_default_na=False)
         if n is not None and n < len(table):
             table = table.sample(n, random_state=0)
@@ -67,15 +68,18 @@ def main() -> None:
                         help="Train on a random subset of this many train posters.")
     parser.add_argument("--val-limit", type=int, default=None,
                         help="Validate on a random subset of this many val posters.")
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="Score a random subset of this many test posters.")
     parser.add_argument("--minutes", type=float, default=None,
                         help="Stop before an epoch that would end past this wall time.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = make_config(args.recipe, model=args.model, epochs=args.epochs)
     out = args.out or Path("runs") / f"bench-{config.model}"
-    if args.train_limit or args.val_limit:
+    full_train = load_split(args.data, "train").labels  # the prior: full train frequencies
+    if args.train_limit or args.val_limit or args.test_limit:
         args.data = subset(args.data, out.with_name(out.name + "-data"), args.train_limit,
-                           args.val_limit)
+                           args.val_limit, args.test_limit)
     splits = {s: load_split(args.data, s) for s in ("train", "val", "test")}
 
     start = time.perf_counter()
@@ -93,7 +97,7 @@ def main() -> None:
     model = load_run(out).build_model()
     y = splits["test"].labels
     model_scores = scores(y, predict_arrays(model, arrays["test"]))
-    prior = np.tile(splits["train"].labels.mean(axis=0), (len(y), 1))
+    prior = np.tile(full_train.mean(axis=0), (len(y), 1))
     prior_scores = scores(y, prior)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

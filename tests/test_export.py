@@ -164,7 +164,8 @@ def make_dataset(path: Path, n: int = 15) -> Path:
 
 
 @pytest.mark.slow
-def test_int8_is_kept_only_when_quality_holds(tmp_path: Path) -> None:
+def test_int8_is_kept_only_when_quality_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys) -> None:
     run_dir = make_run(tmp_path / "run", input_size=SIZE)
     dataset = make_dataset(tmp_path / "data")
 
@@ -173,9 +174,13 @@ def test_int8_is_kept_only_when_quality_holds(tmp_path: Path) -> None:
     assert not (run_dir / "int8.onnx").exists()
     assert Predictor.load(run_dir, backend="onnx").backend.int8 is False
 
-    accepted = quantize_run(load_run(run_dir), dataset, max_drop=1.0)
-    assert accepted["accepted"] and (run_dir / "int8.onnx").is_file()
-    assert json.loads((run_dir / "int8.json").read_text())["run"] == accepted["run"]
+    out = tmp_path / "int8.onnx"
+    args = ["export", "--onnx", str(run_dir), str(out), "--int8", str(dataset), "--max-drop", "1"]
+    assert run_cli(args, monkeypatch) == 0
+    assert "val macro AP on 15 posters" in capsys.readouterr().out
+    assert out.read_bytes() == (run_dir / "int8.onnx").read_bytes()
+    card = json.loads((run_dir / "int8.json").read_text())
+    assert card["accepted"] and card["val_posters"] == 15
     int8 = Predictor.load(run_dir, backend="onnx")
     assert int8.backend.int8 is True
     x = random_posters(4, SIZE)

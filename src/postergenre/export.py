@@ -39,6 +39,7 @@ OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
 INT8_GRAPH, INT8_CARD = "int8.onnx", "int8.json"  # a checked int8 graph, inside the run
 MAX_AP_DROP = 0.005  # the most val macro AP an int8 graph may lose
+CHUNK = 8  # posters per onnxruntime call: the fastest per poster on a CPU
 
 
 def onnx_available() -> bool:
@@ -100,11 +101,13 @@ def run_metadata(run: Run) -> dict[str, str]:
 
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
                   batch_size: int = 16) -> Path:
-    """Static int8 quantisation of an exported graph, written atomically to `dst`.
+    """Static int8 quantisation of an exported graph's convolutions, written atomically.
 
     QDQ format, per-channel int8 weights, uint8 activations whose ranges are calibrated
     (min/max) on `calibration`, a (N, 3, H, W) float32 batch of real posters in [0, 1].
-    Check the quality on held-out posters before using the result: int8 is not exact.
+    What follows the last convolution (pooling, the classifier head) stays float: it costs
+    little, and quantising it loses the most quality. Check the quality on held-out posters
+    before using the result (`quantize_run` does): int8 is not exact.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -128,9 +131,24 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         quant_pre_process(str(src), str(prepared))
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+                        weight_type=QuantType.QInt8, nodes_to_exclude=_after_convs(prepared))
         atomic_write_bytes(dst, quantized.read_bytes())
     return dst
+
+
+def _after_convs(path: Path) -> list[str]:
+    """Names of the graph's nodes that feed no convolution, directly or not: its head."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    producer = {out: node for node in nodes for out in node.output}
+    feeds_conv, todo = set(), [n for n in nodes if n.op_type == "Conv"]
+    while todo:
+        node = todo.pop()
+        if node.name not in feeds_conv:
+            feeds_conv.add(node.name)
+            todo += [producer[i] for i in node.input if i in producer]
+    return [n.name for n in nodes if n.name not in feeds_conv]
 
 
 def run_fingerprint(run: Run) -> str:
@@ -255,18 +273,27 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None):
 
 
 class OnnxBackend:
-    """Scores batches with onnxruntime: (N, 3, H, W) float32 in [0, 1] -> (N, G) probabilities."""
+    """Scores batches with onnxruntime: (N, 3, H, W) float32 in [0, 1] -> (N, G) probabilities.
+
+    Uses the run's checked int8 graph when it has one (and `int8` is true), else its fp32
+    graph. Batches are run `chunk` posters at a time: on a CPU, small batches are faster per
+    poster (their activations stay in cache), by about 1.4x for 8 posters against 64.
+    """
 
     name = "onnx"
 
-    def __init__(self, run: Run, threads: int | None = None, int8: bool = True) -> None:
+    def __init__(self, run: Run, threads: int | None = None, int8: bool = True,
+                 chunk: int = CHUNK) -> None:
         if not onnx_available():
             raise RunError("the onnx backend needs onnxruntime: pip install onnxruntime")
         quantized = checked_int8(run) if int8 else None
         self.int8 = quantized is not None
         self.path = quantized or cached_onnx(run)
         self.session = make_session(self.path, threads)
+        self.chunk = chunk
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run([OUTPUT], {INPUT: x})[0]
+        parts = [self.session.run([OUTPUT], {INPUT: x[i : i + self.chunk]})[0]
+                 for i in range(0, len(x), self.chunk)]
+        return np.concatenate(parts) if parts else self.session.run([OUTPUT], {INPUT: x})[0]

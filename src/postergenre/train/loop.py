@@ -124,10 +124,11 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
 
 
 def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    schedule: Any) -> dict[str, Any]:
+                    schedule: Any) -> dict[str, Any] | None:
+    """Restore the last checkpoint's tensors in place and return its state (None if none)."""
     latest = run_dir / CHECKPOINT / "latest.json"
     if not latest.is_file():
-        raise RunError(f"{run_dir}: no checkpoint to resume from (no {CHECKPOINT}/latest.json)")
+        return None
     state = json.loads(latest.read_text(encoding="utf-8"))
     folder = latest.parent / state["dir"]
     load_weights(model, folder / "model.safetensors")
@@ -274,8 +275,8 @@ def _train(dataset, out: Path, config, resume, rank, world, dev, backbone_weight
 
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0,
                              "done": False, "history": []}
-    if resume:
-        state = load_checkpoint(out, model, optimizer, schedule)
+    if resume and (saved := load_checkpoint(out, model, optimizer, schedule)) is not None:
+        state = saved
         if main:  # the history file must match the checkpoint (an epoch may have been cut)
             with atomic_open(out / HISTORY, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in state["history"])
