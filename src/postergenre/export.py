@@ -186,7 +186,7 @@ def checked_int8(run: Run) -> Path | None:
 
 
 def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_DROP,
-                 calibration_size: int = 256, batch_size: int = 32,
+                 calibration_size: int = 256, batch_size: int = 16,
                  on_batch: Callable[[int], None] | None = None) -> dict:
     """Quantise the run's graph to int8 and keep it only if quality holds on the val split.
 
@@ -210,11 +210,11 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
     fp32_path = cached_onnx(run)
     with tempfile.TemporaryDirectory() as tmp:
         int8_path = quantize_onnx(fp32_path, Path(tmp) / INT8_GRAPH,
-                                  load_batch([train.paths[i] for i in picks], run.input_size))
+                                  _load_batch([train.paths[i] for i in picks], run.input_size))
         fp32, int8 = make_session(fp32_path), make_session(int8_path)
         scores: dict[str, list[np.ndarray]] = {"fp32": [], "int8": []}
         for start in range(0, len(val), batch_size):
-            x = load_batch(val.paths[start : start + batch_size], run.input_size)
+            x = _load_batch(val.paths[start : start + batch_size], run.input_size)
             scores["fp32"].append(fp32.run([OUTPUT], {INPUT: x})[0])
             scores["int8"].append(int8.run([OUTPUT], {INPUT: x})[0])
             if on_batch:
@@ -232,7 +232,7 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
     return record
 
 
-def load_batch(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
+def _load_batch(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
     """Posters -> (N, 3, H, W) float32 in [0, 1], decoded in two threads."""
     with ThreadPoolExecutor(2) as pool:
         arrays = list(pool.map(lambda p: load_poster_array(p, size), paths))

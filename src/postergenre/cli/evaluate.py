@@ -33,9 +33,13 @@ def evaluate(
 
     if split not in SPLITS:
         raise typer.BadParameter(f"must be one of {', '.join(SPLITS)}", param_hint="--split")
-    config = load_run(run).config  # a bad run folder is reported before anything else
-    dataset = data or config.get("dataset")
-    total = len(load_split(dataset, split)) if dataset else 0
+    r = load_run(run)  # a bad run folder is reported before anything else
+    dataset = data or r.config.get("dataset")
+    total = 0
+    if dataset:  # the split, plus val when thresholds must be tuned there
+        total = len(load_split(dataset, split))
+        if not all(g in r.thresholds for g in r.genres):
+            total += len(load_split(dataset, "val"))
     failures: list[str] = []
     with progress_bar(total) as advance:
         results = evaluate_run(run, data, split, out, n_boot=n_boot, backend=backend,
