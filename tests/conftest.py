@@ -27,3 +27,20 @@ def make_poster(path: Path, seed: int = 0, size: tuple[int, int] = (182, 268)) -
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, "JPEG", quality=85)
     return path
+
+
+def make_tiny_run(path: Path, genres: list[str], size: tuple[int, int] = (80, 80),
+                  seed: int = 0) -> Path:
+    """A custom-cnn run folder with random weights on small inputs (fast to load and run)."""
+    import torch
+
+    from postergenre.models import create_model
+    from postergenre.run import save_config, save_thresholds, save_weights
+
+    torch.manual_seed(seed)
+    model = create_model("custom-cnn", len(genres), input_size=size)
+    save_weights(model, path / "weights.safetensors")
+    save_config(path, {"model": "custom-cnn", "model_kwargs": {"input_size": list(size)},
+                       "genres": list(genres), "input_size": list(size)})
+    save_thresholds(path, {g: 0.5 for g in genres})
+    return path

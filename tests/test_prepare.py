@@ -17,6 +17,7 @@ from postergenre.data.dataset import SPLITS, load_genres, load_split
 from postergenre.data.prepare import prepare_dataset, render_cleaning_report, split_indices
 from postergenre.data.stats import genre_table, plot_genre_distribution, prior_top3_hit
 from postergenre.genres import parse_genres
+from postergenre.paths import sample_dir
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Western"]
 
@@ -168,7 +169,7 @@ def test_stats_plot_is_a_png(prepared, tmp_path: Path) -> None:
 
 
 def test_bundled_sample_exercises_cleaning(tmp_path: Path) -> None:
-    sample = Path(__file__).resolve().parents[1] / "examples" / "sample"
+    sample = sample_dir()
     assert len(list((sample / "posters").iterdir())) <= 36
     report = prepare_dataset(sample / "movies.csv", sample / "posters", tmp_path / "ds",
                              progress=False)

@@ -22,3 +22,10 @@ def cache_dir() -> Path:
         return Path(os.environ["POSTERGENRE_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "postergenre"
+
+
+def sample_dir() -> Path:
+    """The sample bundled with the package: real posters and their rows (the demo's input)."""
+    from importlib import resources
+
+    return Path(str(resources.files("postergenre") / "assets" / "sample"))
