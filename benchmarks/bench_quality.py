@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--sections", default="choices,imbalance,final")
     parser.add_argument("--only", default="", help="comma-separated indices of CHOICES to run")
+    parser.add_argument("--run", action="append", default=[],
+                        help="run folder(s) to score on test (section final); default: shipped")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     data = Data(args.dataset)
@@ -189,6 +191,25 @@ def main() -> None:
             m = scores(data.y["test"], probs, genres)
             print(row(name, m, prior["test"]) + f" {seconds:.0f} s | +{peak:.0f} MiB |",
                   flush=True)
+    if "final" in sections:
+        print("\nTest split: shipped / given runs, beside the prior\n\n" + HEADER)
+        print("| --- | --- | --- | --- | --- |")
+        print(row("prior (train genre frequencies)", prior["test"]))
+        for path in args.run or [None]:
+            m = scores(data.y["test"], run_test_probs(data, path), genres)
+            print(row(str(path or "shipped model"), m, prior["test"]), flush=True)
+
+
+def run_test_probs(data: Data, path: str | None) -> np.ndarray:
+    """A frozen-feature run's test probabilities, computed from the cached features."""
+    from postergenre.run import load_run
+
+    run = load_run(path)
+    model = run.build_model()
+    kwargs = run.config["model_kwargs"]
+    spec = {"model": run.model_name, "size": tuple(kwargs["input_size"]), "pool": kwargs["pool"]}
+    flip = "test" if kwargs.get("flip_average") else "none"
+    return head_probs(model.head, data.x("test", flip, **spec))
 
 
 if __name__ == "__main__":

@@ -97,14 +97,15 @@ def split_features(split: Split, spec: FeatureSpec, dim: int, **kwargs) -> np.nd
 
 
 def train_head(dataset: str | Path, out: str | Path, model_name: str = "efficientnet-lite0",
-               input_size: tuple[int, int] = (268, 182), pool: str = "mean", flip: bool = False,
-               head: str = "linear", hidden: int = 512, dropout: float = 0.0, loss: str = "bce",
-               pos_weight: bool = False, resample: float = 0.0, lr: float = 1e-3,
-               weight_decay: float = 1e-2, epochs: int = 100, batch_size: int = 256,
+               input_size: tuple[int, int] = (268, 182), pool: str = "multi", flip: bool = False,
+               head: str = "mlp", hidden: int = 512, dropout: float = 0.6, loss: str = "bce",
+               pos_weight: bool = False, resample: float = 0.0, lr: float = 3e-4,
+               weight_decay: float = 0.1, epochs: int = 100, batch_size: int = 256,
                patience: int = 8, seed: int = 0, backend: str = "auto",
                cache_root: str | Path | None = None, progress: bool = True) -> Path:
     """Fit a head on a frozen EfficientNet-Lite's cached features and write a run to `out`.
 
+    The defaults are the shipped model's recipe (docs/benchmarks.md, "Quality").
     `flip` trains on mirrored posters too and makes the model average a poster's and its
     mirror's features at prediction time.
     """
