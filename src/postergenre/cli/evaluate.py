@@ -34,7 +34,7 @@ def evaluate(
     if split not in SPLITS:
         raise typer.BadParameter(f"must be one of {', '.join(SPLITS)}", param_hint="--split")
     r = load_run(run)  # a bad run folder is reported before anything else
-    dataset = data or r.config.get("dataset")
+    dataset = data or (r.config.get("dataset") or r.config.get("training", {}).get("dataset"))
     total = 0
     if dataset:  # the split, plus val when thresholds must be tuned there
         total = len(load_split(dataset, split))

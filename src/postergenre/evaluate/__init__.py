@@ -91,7 +91,7 @@ def evaluate_run(
 
     predictor = Predictor.load(run, backend=backend)
     r = predictor.run
-    dataset = dataset or r.config.get("dataset")
+    dataset = dataset or (r.config.get("dataset") or r.config.get("training", {}).get("dataset"))
     if not dataset:
         raise PosterGenreError(f"{r.path}: the run names no dataset; pass --data DATASET")
     dataset = Path(dataset)

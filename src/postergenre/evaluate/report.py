@@ -147,6 +147,8 @@ def render_report(results: dict[str, Any], y_true: np.ndarray, scores: np.ndarra
     excluded = model["excluded_genres"]
     about = " · ".join(html.escape(f"{k}: {results[k]}") for k in ("run", "dataset", "split")
                        if results.get(k))
+    thresholds_note = ("from the run (thresholds.json)" if results.get("thresholds_from") == "run"
+                       else "tuned on the validation split")
     body = f"""
 <h1>{html.escape(title)}</h1>
 <p class=muted>{about}</p>
@@ -154,7 +156,7 @@ def render_report(results: dict[str, Any], y_true: np.ndarray, scores: np.ndarra
 genre frequencies. Macro averages are over the {len(model['macro_genres'])} genres with at
 least {model['min_positives']} positives in this split; left out:
 {html.escape(', '.join(excluded)) or 'none'}. Brackets: bootstrap 95% intervals.
-F1 and Hamming loss use per-genre thresholds tuned on the validation split.</p>
+F1 and Hamming loss use per-genre thresholds {thresholds_note}.</p>
 <table><tr><th>metric</th><th>model</th><th>prior</th></tr>{''.join(rows)}</table>
 <h2>Per genre</h2>
 {_figure(plots.ap_vs_prevalence(genres, ap, prevalence, in_macro),
