@@ -121,6 +121,7 @@ def train_head(dataset: str | Path, out: str | Path, model_name: str = "efficien
     out = ensure_writable_dir(out)
     model_kwargs = {"input_size": list(input_size), "pool": pool, "head": head,
                     "hidden": hidden, "dropout": dropout, "flip_average": flip}
+    torch.manual_seed(seed)  # the head's initial weights
     model = create_model(model_name, len(genres), **model_kwargs)
     spec = FeatureSpec(model_name, tuple(input_size), "multi")
     flip_spec = FeatureSpec(model_name, tuple(input_size), "multi", flip=True)
