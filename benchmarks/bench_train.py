@@ -23,7 +23,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from postergenre.data.dataset import load_split
-from postergenre.run import load_run
+from postergenre.run import load_run, read_history
 from postergenre.train.loop import predict_arrays, train
 from postergenre.train.posters import cached_posters
 from postergenre.train.recipes import make_config
@@ -89,6 +89,7 @@ def main() -> None:
     arrays = {s: cached_posters(sp.paths, size) for s, sp in splits.items()}
     decode = time.perf_counter() - start
 
+    before = len(read_history(out)) if args.resume else 0
     start = time.perf_counter()
     limit = args.minutes * 60 if args.minutes else None
     summary = (train(None, out, resume=True, time_limit=limit) if args.resume
@@ -105,7 +106,7 @@ def main() -> None:
           f"{summary['best_epoch']}), train {len(splits['train'])} posters, "
           f"{args.threads} threads")
     print(f"decode/cache {decode:.0f} s, training {wall:.0f} s "
-          f"({wall / max(summary['epochs'], 1):.0f} s/epoch), peak RSS {peak:.0f} MiB")
+          f"({wall / max(summary['epochs'] - before, 1):.0f} s/epoch), peak RSS {peak:.0f} MiB")
     print("| scores on test | top-3 hit | macro AP | micro AP | macro ROC-AUC |")
     print("| --- | --- | --- | --- | --- |")
     for name, s in (("prior", prior_scores), (config.model, model_scores)):

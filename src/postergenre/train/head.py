@@ -47,13 +47,17 @@ def fit_head(head: nn.Sequential, x_train: np.ndarray, y_train: np.ndarray, x_va
              resample: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-2,
              epochs: int = 100, batch_size: int = 256, patience: int = 8, seed: int = 0,
              x_train_flip: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Train `head` (Standardize first) in place; keep the epoch with the best val macro AP.
+    """Train `head` (Standardize first) from a `seed`-determined start, in place; keep the
+    epoch with the best val macro AP.
 
     `x_train_flip`, the mirrored posters' features, doubles the training set (augmentation).
     `resample` > 0 draws rare-genre posters more often (weights ** resample, see sampling.py).
     Returns one record per epoch.
     """
     torch.manual_seed(seed)
+    for module in head.modules():  # the initial weights depend on the seed only
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
     if x_train_flip is not None:
         x_train = np.concatenate([x_train, x_train_flip])
         y_train = np.concatenate([y_train, y_train])
@@ -121,7 +125,6 @@ def train_head(dataset: str | Path, out: str | Path, model_name: str = "efficien
     out = ensure_writable_dir(out)
     model_kwargs = {"input_size": list(input_size), "pool": pool, "head": head,
                     "hidden": hidden, "dropout": dropout, "flip_average": flip}
-    torch.manual_seed(seed)  # the head's initial weights
     model = create_model(model_name, len(genres), **model_kwargs)
     spec = FeatureSpec(model_name, tuple(input_size), "multi")
     flip_spec = FeatureSpec(model_name, tuple(input_size), "multi", flip=True)
