@@ -11,6 +11,14 @@ from PIL import Image
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests write feature caches and ONNX graphs into a temporary folder, not the user's."""
+    import os
+
+    os.environ["POSTERGENRE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """../shared/data next to the repository; skips the test when it is absent."""

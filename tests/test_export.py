@@ -14,6 +14,7 @@ import torch
 from postergenre.errors import RunError
 from postergenre.export import (
     OnnxBackend,
+    checked_int8,
     export_onnx,
     make_session,
     onnx_available,
@@ -171,18 +172,20 @@ def test_int8_is_kept_only_when_quality_holds(tmp_path: Path, monkeypatch: pytes
 
     rejected = quantize_run(load_run(run_dir), dataset, max_drop=-1.0)  # nothing can pass
     assert not rejected["accepted"] and rejected["val_posters"] == 15
-    assert not (run_dir / "int8.onnx").exists()
+    assert not (run_dir / "int8.json").exists()
     assert Predictor.load(run_dir, backend="onnx").backend.int8 is False
 
     out = tmp_path / "int8.onnx"
     args = ["export", "--onnx", str(run_dir), str(out), "--int8", str(dataset), "--max-drop", "1"]
     assert run_cli(args, monkeypatch) == 0
     assert "val macro AP on 15 posters" in capsys.readouterr().out
-    assert out.read_bytes() == (run_dir / "int8.onnx").read_bytes()
     card = json.loads((run_dir / "int8.json").read_text())
     assert card["accepted"] and card["val_posters"] == 15
+    assert out.read_bytes() == checked_int8(load_run(run_dir)).read_bytes()
+    # a fresh cache rebuilds the same int8 graph from the bundled posters
+    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "fresh-cache"))
     int8 = Predictor.load(run_dir, backend="onnx")
-    assert int8.backend.int8 is True
+    assert int8.backend.int8 is True and str(tmp_path / "fresh-cache") in str(int8.backend.path)
     x = random_posters(4, SIZE)
     fp32 = Predictor.load(run_dir, backend="torch").predict_proba(x)
     assert 0 < np.abs(int8.predict_proba(x) - fp32).max() < 0.1  # close, not exact

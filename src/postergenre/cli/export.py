@@ -65,7 +65,7 @@ def _export_int8(run, out: Path, dataset: Path, max_drop: float) -> None:
     from rich.progress import Progress
 
     from postergenre.data.dataset import load_split
-    from postergenre.export import INT8_GRAPH, quantize_run
+    from postergenre.export import INT8_CARD, quantize_run
     from postergenre.io import atomic_write_bytes
 
     total = len(load_split(dataset, "val"))
@@ -79,5 +79,5 @@ def _export_int8(run, out: Path, dataset: Path, max_drop: float) -> None:
     if not record["accepted"]:
         raise PosterGenreError(f"{run.path}: int8 loses more than {max_drop} val macro AP; "
                                "kept fp32, wrote nothing")
-    atomic_write_bytes(out, (run.path / INT8_GRAPH).read_bytes())
-    typer.echo(f"wrote {out} and {run.path / INT8_GRAPH} (the onnx backend now uses it)")
+    atomic_write_bytes(out, Path(record["graph"]).read_bytes())
+    typer.echo(f"wrote {out} and {run.path / INT8_CARD} (the onnx backend now uses int8)")
