@@ -77,3 +77,18 @@ def test_run_predicts_what_the_cached_features_predict(dataset, tmp_path, option
 def test_only_efficientnet_models(dataset, tmp_path):
     with pytest.raises(PosterGenreError, match="efficientnet"):
         train_head(dataset, tmp_path / "run", "custom-cnn")
+
+
+def test_shipped_model_is_a_small_frozen_lite0_run(tmp_path):
+    from postergenre.run import default_run_dir
+
+    run = load_run(None)
+    assert run.model_name == "efficientnet-lite0" and run.config["partial_weights"]
+    assert set(run.thresholds) == set(run.genres)
+    assert (default_run_dir() / "weights.safetensors").stat().st_size < 5_000_000
+    posters = [make_poster(tmp_path / f"{i}.jpg", seed=i) for i in range(2)]
+    probs = Predictor.load(None, backend="torch").predict_files(posters)
+    assert probs.shape == (2, len(run.genres)) and ((probs > 0) & (probs < 1)).all()
+    pytest.importorskip("onnxruntime")
+    onnx = Predictor.load(None, backend="onnx").predict_files(posters)
+    np.testing.assert_allclose(onnx, probs, atol=1e-4)
