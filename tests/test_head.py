@@ -90,5 +90,37 @@ def test_shipped_model_is_a_small_frozen_lite0_run(tmp_path):
     probs = Predictor.load(None, backend="torch").predict_files(posters)
     assert probs.shape == (2, len(run.genres)) and ((probs > 0) & (probs < 1)).all()
     pytest.importorskip("onnxruntime")
-    onnx = Predictor.load(None, backend="onnx").predict_files(posters)
-    np.testing.assert_allclose(onnx, probs, atol=1e-4)
+    from postergenre.export import OnnxBackend
+
+    x = Predictor.load(None, backend="torch").load_batch(posters)
+    np.testing.assert_allclose(OnnxBackend(run, int8=False)(x), probs, atol=1e-4)
+    int8 = OnnxBackend(run)  # the shipped model's checked int8 graph, rebuilt from the sample
+    assert int8.int8 and np.abs(int8(x) - probs).max() < 0.1
+
+
+def test_train_cli_fast_path_defaults_to_the_shipped_recipe(dataset, tmp_path):
+    """`postergenre train --model efficientnet-lite0` on a CPU trains a head on cached
+    features with the shipped model's head and pooling, unless options say otherwise."""
+    from typer.testing import CliRunner
+
+    from postergenre.cli import app
+
+    args = ["train", "--data", str(dataset), "--model", "efficientnet-lite0", "--epochs", "2",
+            "--model-arg", f"input_size={list(SIZE)}", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    shipped = load_run(None).config["model_kwargs"]
+    kwargs = load_run(tmp_path / "a").config["model_kwargs"]
+    assert (kwargs["head"], kwargs["pool"]) == (shipped["head"], shipped["pool"])
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--head", "linear"])
+    assert result.exit_code == 0, result.output
+    assert load_run(tmp_path / "b").config["model_kwargs"]["head"] == "linear"
+    probs = Predictor.load(tmp_path / "b", backend="torch").predict_files(
+        [load_split_paths(dataset)[0]])
+    assert probs.shape == (1, len(GENRES)) and np.all((probs >= 0) & (probs <= 1))
+
+
+def load_split_paths(dataset):
+    from postergenre.data.dataset import load_split
+
+    return [str(p) for p in load_split(dataset, "test").paths]

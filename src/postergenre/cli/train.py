@@ -74,9 +74,10 @@ def train(
                                "on cached features (the fast path; default on CPU), 'none' "
                                "trains everything (default on CUDA), N fine-tunes the last N "
                                "blocks."),
-    head: str = typer.Option("linear", help="efficientnet head: linear | mlp."),
-    pool: str = typer.Option("mean", help="efficientnet pooling: mean | meanmax | multi."),
-    dropout: float = typer.Option(0.0, help="efficientnet head dropout."),
+    head: str = typer.Option(None, help="efficientnet head: linear | mlp (default mlp)."),
+    pool: str = typer.Option(None, help="efficientnet pooling: mean | meanmax | multi "
+                             "(default multi)."),
+    dropout: float = typer.Option(None, help="efficientnet head dropout (default 0.6)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
                                 "last checkpoint (its own settings are used)."),
     device: str = typer.Option(None, help="cpu or cuda[:N] (default: cuda when available)."),
@@ -101,6 +102,8 @@ def train(
     name = model or (RECIPES[recipe]["model"] if recipe in RECIPES else "custom-cnn")
     if name.startswith("efficientnet-") and not resume:
         mode = _freeze(freeze)
+        head_options = {k: v for k, v in {"head": head, "pool": pool, "dropout": dropout}.items()
+                        if v is not None}
         if mode == "all":
             from postergenre.train.head import train_head
 
@@ -108,12 +111,12 @@ def train(
                            weight_decay=weight_decay, loss=loss, pos_weight=pos_weight,
                            resample=resample, patience=patience, seed=seed,
                            input_size=kwargs.get("input_size"))
-            train_head(data, out, name, head=head, pool=pool, dropout=dropout,
-                       progress=progress, **{k: v for k, v in options.items() if v is not None})
+            options.update(head_options)
+            train_head(data, out, name, progress=progress,
+                       **{k: v for k, v in options.items() if v is not None})
             typer.echo(f"run written to {out}")
             return
-        kwargs = {"trainable_blocks": mode, "head": head, "pool": pool, "dropout": dropout,
-                  **kwargs}
+        kwargs = {"trainable_blocks": mode, **head_options, **kwargs}
     elif freeze is not None:
         raise PosterGenreError("--freeze applies to efficientnet models only")
     config = None
