@@ -31,20 +31,25 @@ def draw_predictions(posters: Sequence[Path], titles: Sequence[str],
                      out: Path, columns: int = 6) -> Path:
     """A grid of posters, each captioned with its top-3 genres and (in grey) its true genres."""
     rows = -(-len(posters) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 4.6), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.4, rows * 4.4), squeeze=False,
+                             gridspec_kw={"hspace": 0.55, "wspace": 0.1})
     for ax in axes.flat:
         ax.axis("off")
     for ax, path, title, best, true in zip(axes.flat, posters, titles, top, truth, strict=False):
         ax.imshow(open_poster(path))
-        hits = sum(g in true for g, _ in best)
-        ax.set_title(title[:28], fontsize=8, fontweight="bold")
+        hit = any(g in true for g, _ in best)
+        ax.set_title(title if len(title) <= 26 else title[:25] + "…", fontsize=8,
+                     fontweight="bold")
         caption = "\n".join(f"{g} {p:.2f}{' ✓' if g in true else ''}" for g, p in best)
-        ax.text(0.5, -0.03, caption, transform=ax.transAxes, ha="center", va="top", fontsize=8,
-                color="#1a7f37" if hits else "#b42318")
-        ax.text(0.5, -0.30, "true: " + ", ".join(true), transform=ax.transAxes, ha="center",
-                va="top", fontsize=6.5, color="#555555", wrap=True)
-    fig.suptitle("Top-3 predicted genres (✓ = a true genre)", fontsize=12)
-    fig.tight_layout(h_pad=4.5)
+        below = {"xy": (0.5, 0), "xycoords": "axes fraction", "textcoords": "offset points",
+                 "ha": "center", "va": "top"}
+        ax.annotate(caption, xytext=(0, -3), fontsize=8,
+                    color="#1a7f37" if hit else "#b42318", **below)
+        ax.annotate("true: " + ", ".join(true), xytext=(0, -37), fontsize=6.5,
+                    color="#555555", **below)
+    fig.suptitle("Top-3 predicted genres (✓ = a true genre; green: at least one right)",
+                 fontsize=12, y=0.995)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.03)
     with atomic_open(out, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
@@ -79,7 +84,8 @@ def run_demo(out: str | Path = "demo-output", model: str | Path | None = None,
     top = [predictor.top_k(p[None], 3)[0] for p in probabilities]
     width = max(len(t) for t in titles)
     for title, best in zip(titles, top, strict=True):
-        console.print(format_table_row(title, best, width), highlight=False, markup=False)
+        console.print(format_table_row(title, best, width), highlight=False, markup=False,
+                      soft_wrap=True)
     hits = sum(any(g in true for g, _ in best) for best, true in zip(top, truth, strict=True))
     console.print(f"\ntop-3 hit on these {len(paths)} posters: {hits}/{len(paths)}")
 
