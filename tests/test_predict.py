@@ -9,15 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_poster
+from conftest import make_poster, make_tiny_run
 from typer.testing import CliRunner
 
 from postergenre import predict as P
 from postergenre.cli import app
 from postergenre.errors import InvalidImageError, PosterGenreError
-from postergenre.models import create_model
-from postergenre.run import save_config, save_thresholds, save_weights
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
 SIZE = (80, 80)
@@ -26,14 +23,7 @@ SIZE = (80, 80)
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A custom-cnn run with random weights on small 80x80 inputs."""
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("run")
-    model = create_model("custom-cnn", len(GENRES), input_size=SIZE)
-    save_weights(model, run / "weights.safetensors")
-    save_config(run, {"model": "custom-cnn", "model_kwargs": {"input_size": list(SIZE)},
-                      "genres": GENRES, "input_size": list(SIZE)})
-    save_thresholds(run, {g: 0.5 for g in GENRES})
-    return run
+    return make_tiny_run(tmp_path_factory.mktemp("run"), GENRES, SIZE)
 
 
 @pytest.fixture(scope="module")

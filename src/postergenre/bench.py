@@ -21,11 +21,11 @@ from postergenre.errors import PosterGenreError
 # In order: each script's name (benchmarks/bench_<name>.py) and where its figures go.
 BENCHMARKS: dict[str, str] = {
     "download": "docs/benchmarks.md, section Download",
-    "models": "docs/benchmarks.md, section Models",
-    "train": "docs/benchmarks.md, section Training",
+    "models": "docs/benchmarks.md, section Models and training",
+    "train": "docs/benchmarks.md, section Models and training",
     "quality": "docs/benchmarks.md, section Quality, and the README's table",
-    "predict": "docs/benchmarks.md, section Prediction",
-    "serve": "docs/benchmarks.md, section Serving",
+    "predict": "docs/benchmarks.md, section Evaluate and predict",
+    "serve": "docs/benchmarks.md, section Serve",
     "speed": "docs/benchmarks.md, section Speed, and the README's table",
 }
 

@@ -24,9 +24,12 @@ def evaluate(
     no_report: bool = typer.Option(False, "--no-report", help="Write metrics.json only."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
 ) -> None:
-    """Score RUN on a dataset split: top-3 hit, macro/micro AP, ROC-AUC, F1 at tuned
-    thresholds, Hamming loss, precision/recall@k, each beside the prior baseline (constant
-    train genre frequencies). Writes metrics.json and a self-contained report.html."""
+    """Score a run on a dataset split, every metric beside the prior baseline.
+
+    Top-3 hit, macro/micro AP, ROC-AUC, F1 at thresholds tuned on val, Hamming loss,
+    precision/recall@k, each beside the prior (constant train genre frequencies), with
+    bootstrap 95% intervals. Writes metrics.json and a self-contained report.html.
+    """
     from postergenre.data.dataset import load_split
     from postergenre.evaluate import evaluate_run
     from postergenre.run import load_run

@@ -39,8 +39,11 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Posters per model call."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
 ) -> None:
-    """Predict the genres of posters. Inputs that cannot be read are reported on stderr (one
-    line each) and the others are still predicted; the exit code is then 1."""
+    """Predict the genres of poster files, folders and http(s) URLs.
+
+    Without --model the shipped model is used. Inputs that cannot be read are reported on
+    stderr (one line each) and the others are still predicted; the exit code is then 1.
+    """
     from postergenre.predict import (
         FORMATS,
         Predictor,
