@@ -184,3 +184,46 @@ def test_time_limit_stops_early_and_resume_finishes(tmp_path):
                     time_limit=1e-9)
     assert summary["epochs"] == 1 and (tmp_path / "run" / "thresholds.json").is_file()
     assert train(None, tmp_path / "run", resume=True, progress=False)["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    """A real `postergenre train` process killed (SIGKILL) after its first checkpoint, then
+    `--resume`d, ends with exactly the weights of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_dataset(tmp_path / "data", {"train": 64, "val": 8, "test": 8})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "POSTERGENRE_CACHE": str(tmp_path / "cache")}
+    args = ["--data", str(data), "--model", "custom-cnn", "--model-arg", "input_size=[76,76]",
+            "--epochs", "8", "--batch-size", "8", "--patience", "0", "--augment",
+            "--no-progress"]
+
+    def cli(out: Path, *extra: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "postergenre", "train", *args, "--out", str(out)]
+        return subprocess.Popen([*command, *extra], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+
+    assert cli(tmp_path / "full").wait(timeout=300) == 0
+    victim = cli(tmp_path / "cut")
+    latest = tmp_path / "cut" / "checkpoint" / "latest.json"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    checkpointed = len(json.loads(latest.read_text())["history"])
+    assert 1 <= checkpointed < 8  # killed midway, after a checkpoint
+
+    resumed = subprocess.run([sys.executable, "-m", "postergenre", "train", "--out",
+                              str(tmp_path / "cut"), "--resume", "--no-progress"],
+                             env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    full = load_file(str(tmp_path / "full" / "weights.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "weights.safetensors"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert len(read_history(tmp_path / "cut")) == 8
