@@ -80,7 +80,7 @@ def fit_head(head: nn.Sequential, x_train: np.ndarray, y_train: np.ndarray, x_va
             optimizer.zero_grad()
             batch_loss.backward()
             optimizer.step()
-            total += float(batch_loss) * len(idx)
+            total += float(batch_loss.detach()) * len(idx)
         record = {"epoch": epoch, "train_loss": total / len(x),
                   **val_scores(y_val, head_probs(head, x_val)),
                   "seconds": time.perf_counter() - start}
