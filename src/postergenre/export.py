@@ -25,14 +25,13 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from postergenre.data.images import load_poster_array
+from postergenre.data.images import load_poster_batch
 from postergenre.errors import RunError
 from postergenre.io import atomic_write_bytes, atomic_write_json
 from postergenre.paths import cache_dir
@@ -181,7 +180,7 @@ def calibration_posters(size: tuple[int, int]) -> np.ndarray:
     from postergenre.paths import sample_dir
 
     paths = sorted((sample_dir() / "posters").glob("*.jpg"))
-    return _load_batch(paths, size)
+    return load_poster_batch(paths, size)
 
 
 def _sample_agreement(fp32: Path, int8: Path, x: np.ndarray) -> float:
@@ -248,7 +247,7 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
         fp32, int8 = make_session(fp32_path), make_session(int8_path)
         scores: dict[str, list[np.ndarray]] = {"fp32": [], "int8": []}
         for start in range(0, len(val), batch_size):
-            x = _load_batch(val.paths[start : start + batch_size], run.input_size)
+            x = load_poster_batch(val.paths[start : start + batch_size], run.input_size)
             scores["fp32"].append(fp32.run([OUTPUT], {INPUT: x})[0])
             scores["int8"].append(int8.run([OUTPUT], {INPUT: x})[0])
             if on_batch:
@@ -268,13 +267,6 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
             atomic_write_json(run.path / INT8_CARD, record)
         record["graph"] = str(cached) if record["accepted"] else None
     return record
-
-
-def _load_batch(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
-    """Posters -> (N, 3, H, W) float32 in [0, 1], decoded in two threads."""
-    with ThreadPoolExecutor(2) as pool:
-        arrays = list(pool.map(lambda p: load_poster_array(p, size), paths))
-    return np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
 def physical_cores() -> int:

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import torch
 
-from postergenre.data.images import PosterSource, load_poster_array
+from postergenre.data.images import PosterSource, load_poster_array, load_poster_batch
 from postergenre.errors import InvalidImageError, PosterGenreError
 from postergenre.run import Run, load_run
 
@@ -84,8 +84,7 @@ class Predictor:
 
     def load_batch(self, sources: Sequence[PosterSource]) -> np.ndarray:
         """Decode and resize posters into one (N, 3, H, W) float32 array in [0, 1]."""
-        arrays = np.stack([load_poster_array(s, self.input_size) for s in sources])
-        return arrays.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return load_poster_batch(sources, self.input_size)
 
     def predict_files(self, sources: Sequence[PosterSource]) -> np.ndarray:
         """Probabilities for poster files or bytes (raises InvalidImageError for a bad one)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,18 @@ def load_poster_array(source: PosterSource, size: tuple[int, int]) -> np.ndarray
 def load_poster(source: PosterSource, size: tuple[int, int]) -> torch.Tensor:
     """(3, height, width) float32 tensor in [0, 1]: the model input for one poster."""
     return to_tensor(load_poster_array(source, size))
+
+
+def load_poster_batch(sources: Sequence[PosterSource], size: tuple[int, int],
+                      workers: int = 2) -> np.ndarray:
+    """(N, 3, height, width) float32 array in [0, 1]: posters decoded in a thread pool
+    (Pillow releases the GIL while decoding)."""
+    if workers > 1 and len(sources) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            arrays = list(pool.map(lambda s: load_poster_array(s, size), sources))
+    else:
+        arrays = [load_poster_array(s, size) for s in sources]
+    return np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
