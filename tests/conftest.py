@@ -19,6 +19,16 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["POSTERGENRE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache folder of the test's own and one torch thread: model tests stay independent
+    and deterministic."""
+    import torch
+
+    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """../shared/data next to the repository; skips the test when it is absent."""

@@ -28,10 +28,7 @@ GENRES = ["Action", "Comedy", "Drama", "Horror"]
 SIZE = (80, 76)  # the smallest input custom-cnn takes, to keep tests fast
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def make_run(path: Path, model: str = "custom-cnn", seed: int = 0, **kwargs) -> Path:

@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_poster
 from PIL import Image
 
@@ -18,10 +17,7 @@ SPEC = FeatureSpec(input_size=(64, 48), pool="mean")
 FAST = {"progress": False, "backend": "torch"}  # eager: no ONNX export per test
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
-    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import make_poster
 from safetensors.numpy import load_file
 
@@ -21,10 +20,7 @@ GENRES = ["Comedy", "Drama", "Horror"]
 SIZE = (64, 48)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    torch.set_num_threads(1)
-    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture

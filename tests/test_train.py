@@ -42,10 +42,7 @@ def make_dataset(root: Path, sizes: dict[str, int] | None = None, seed: int = 0)
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def tiny_config(**kw):
