@@ -62,3 +62,20 @@ def make_tiny_run(path: Path, genres: list[str], size: tuple[int, int] = (80, 80
                        "genres": list(genres), "input_size": list(size)})
     save_thresholds(path, {g: 0.5 for g in genres})
     return path
+
+
+def make_small_dataset(root: Path, genres: list[str], sizes: tuple[int, int, int] = (12, 6, 3)
+                       ) -> Path:
+    """A prepared dataset folder of 48 x 64 random posters, genres in turn; sizes are the
+    train/val/test counts."""
+    import pandas as pd
+
+    from postergenre.data.dataset import write_genres, write_split
+
+    write_genres(root / "ds", genres)
+    for name, n, offset in zip(("train", "val", "test"), sizes, (0, 100, 200), strict=True):
+        rows = [{"imdbId": offset + i, "title": f"t{i}", "genres": genres[i % len(genres)],
+                 "poster": str(make_poster(root / "p" / f"{offset + i}.jpg", offset + i,
+                                           (48, 64)))} for i in range(n)]
+        write_split(root / "ds", name, pd.DataFrame(rows), genres)
+    return root / "ds"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_poster
+from conftest import make_poster, make_small_dataset
 from safetensors.numpy import load_file
 
-from postergenre.data.dataset import write_genres, write_split
 from postergenre.errors import PosterGenreError
 from postergenre.models.efficientnet import make_head
 from postergenre.predict import Predictor
@@ -25,14 +24,7 @@ pytestmark = pytest.mark.usefixtures("isolated")
 
 @pytest.fixture
 def dataset(tmp_path):
-    root = tmp_path / "ds"
-    write_genres(root, GENRES)
-    for name, n, offset in (("train", 12, 0), ("val", 6, 100), ("test", 3, 200)):
-        rows = [{"imdbId": offset + i, "title": f"t{i}", "genres": GENRES[i % 3],
-                 "poster": str(make_poster(tmp_path / "p" / f"{offset + i}.jpg", offset + i,
-                                           (48, 64)))} for i in range(n)]
-        write_split(root, name, pd.DataFrame(rows), GENRES)
-    return root
+    return make_small_dataset(tmp_path, GENRES)
 
 
 def test_fit_head_learns_a_separable_problem():

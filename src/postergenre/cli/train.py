@@ -40,6 +40,32 @@ def _freeze(value: str | None) -> str | int:
                                f"not {value!r}") from None
 
 
+def _is_finetune(out: Path) -> bool:
+    config = out / "config.json"
+    if not config.is_file():
+        return False
+    return json.loads(config.read_text()).get("training", {}).get("mode") == "finetune"
+
+
+def _finetune(data, out, init, freeze, epochs, batch_size, lr, weight_decay, seed, resume,
+              progress) -> None:
+    """The cached-trunk fine-tuning path (train/finetune.py)."""
+    from postergenre.train.finetune import finetune
+
+    if not resume and data is None:
+        raise PosterGenreError("--data is required (a dataset folder from `data prepare`)")
+    blocks = _freeze(freeze) if freeze is not None else 2
+    if not isinstance(blocks, int) or blocks < 1:
+        raise PosterGenreError("--init fine-tunes the last N blocks: give --freeze N (N >= 1)")
+    options = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+               "weight_decay": weight_decay, "seed": seed}
+    finetune(data, out, init, blocks=blocks, resume=resume, progress=progress,
+             **{k: v for k, v in options.items() if v is not None})
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    best = max((r["val_macro_ap"] for r in history), default=float("nan"))
+    typer.echo(f"run written to {out}: {len(history)} epochs, best val macro AP {best:.4f}")
+
+
 def train(
     data: Path = typer.Option(None, "--data", help="Dataset folder made by `data prepare`."),
     model: str = typer.Option(None, "--model", help="Model name: custom-cnn, vgg16, "
@@ -74,9 +100,13 @@ def train(
                                "on cached features (the fast path; default on CPU), 'none' "
                                "trains everything (default on CUDA), N fine-tunes the last N "
                                "blocks."),
+    init: Path = typer.Option(None, "--init", help="efficientnet with --freeze N: start from "
+                              "this frozen-feature run and fine-tune its last N blocks on a "
+                              "cached trunk (fast on a CPU; default N 2)."),
     head: str = typer.Option(None, help="efficientnet head: linear | mlp (default mlp)."),
     pool: str = typer.Option(None, help="efficientnet pooling: mean | meanmax | multi "
                              "(default multi)."),
+    hidden: int = typer.Option(None, help="efficientnet MLP head width (default 256)."),
     dropout: float = typer.Option(None, help="efficientnet head dropout (default 0.6)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
                                 "last checkpoint (its own settings are used)."),
@@ -99,10 +129,15 @@ def train(
     from postergenre.train.recipes import make_config
 
     kwargs = _model_kwargs(model_arg)
+    if init is not None or (resume and _is_finetune(out)):
+        _finetune(data, out, init, freeze, epochs, batch_size, lr, weight_decay, seed, resume,
+                  progress)
+        return
     name = model or (RECIPES[recipe]["model"] if recipe in RECIPES else "custom-cnn")
     if name.startswith("efficientnet-") and not resume:
         mode = _freeze(freeze)
-        head_options = {k: v for k, v in {"head": head, "pool": pool, "dropout": dropout}.items()
+        head_options = {k: v for k, v in {"head": head, "pool": pool, "hidden": hidden,
+                                                "dropout": dropout}.items()
                         if v is not None}
         if mode == "all":
             from postergenre.train.head import train_head

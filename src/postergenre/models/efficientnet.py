@@ -157,12 +157,32 @@ class EfficientNetLite(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> pooled backbone features (N, feature_dim)."""
+        cut = len(self.backbone._blocks)
+        return self.tail(*self.trunk(x, cut), cut)
+
+    def trunk(self, x: torch.Tensor, cut: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stem and blocks[:cut]: their output map and the stage means taken so far."""
         net = self.backbone
         x = (x - self.norm_mean) / self.norm_std
         x = net._swish(net._bn0(net._conv_stem(x)))
         stage_means = []
-        for i, block in enumerate(net._blocks):
-            x = block(x)  # drop-connect is only active in training mode
+        for i, block in enumerate(net._blocks[:cut]):
+            x = block(x)
+            if self.pool == "multi" and i in self.stage_ends[-3:]:
+                stage_means.append(x.mean((2, 3)))
+        return x, stage_means
+
+    def tail(self, x: torch.Tensor, stage_means: list[torch.Tensor], cut: int,
+             drop_connect: float = 0.0) -> torch.Tensor:
+        """blocks[cut:], the final 1x1 conv and the pooling: the rest of `features`.
+
+        `drop_connect` is the rate at the last block (earlier blocks get proportionally
+        less, as in EfficientNet); blocks apply it in training mode only.
+        """
+        net, blocks = self.backbone, self.backbone._blocks
+        stage_means = list(stage_means)
+        for i in range(cut, len(blocks)):
+            x = blocks[i](x, drop_connect_rate=drop_connect * i / len(blocks) or None)
             if self.pool == "multi" and i in self.stage_ends[-3:]:
                 stage_means.append(x.mean((2, 3)))
         x = net._swish(net._bn1(net._conv_head(x)))
@@ -170,6 +190,24 @@ class EfficientNetLite(nn.Module):
         if self.pool != "mean":
             pooled.append(x.amax((2, 3)))
         return torch.cat(pooled + stage_means, 1)
+
+    def trunk_features(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        """`trunk` flattened to one row per poster: the map, then the stage means."""
+        x, stage_means = self.trunk(x, cut)
+        return torch.cat([x.flatten(1), *stage_means], 1)
+
+    def split_trunk_features(self, rows: torch.Tensor, cut: int
+                             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Undo `trunk_features`: rows (N, D) -> (map, stage means), as `tail` takes them."""
+        shape, widths = self.trunk_shape(cut)
+        parts = rows.split([shape[0] * shape[1] * shape[2], *widths], 1)
+        return parts[0].reshape(-1, *shape), list(parts[1:])
+
+    def trunk_shape(self, cut: int) -> tuple[tuple[int, int, int], list[int]]:
+        """(C, h, w) of the trunk's output map and the widths of its stage means."""
+        with torch.no_grad():
+            x, stage_means = self.trunk(torch.zeros(1, 3, *self.input_size), cut)
+        return (x.shape[1], x.shape[2], x.shape[3]), [m.shape[1] for m in stage_means]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x)

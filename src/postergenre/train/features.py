@@ -18,7 +18,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,12 @@ from postergenre.paths import cache_dir
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What a cached feature is: backbone, input size (h, w), pooling, mirrored or not."""
+    """What a cached feature is: backbone, input size (h, w), pooling, mirrored or not.
+
+    `pool` "trunkN" caches the backbone's state after its first N blocks instead (the map and
+    the "multi" stage means so far, flattened, in float16): what fine-tuning the remaining
+    blocks starts from (see finetune.py).
+    """
 
     model: str = "efficientnet-lite0"
     input_size: tuple[int, int] = (268, 182)
@@ -45,11 +50,17 @@ class FeatureSpec:
         h, w = self.input_size
         return f"{self.model}_{h}x{w}_{self.pool}" + ("_flip" if self.flip else "")
 
+    @property
+    def trunk_cut(self) -> int | None:
+        """N for a "trunkN" pool, else None."""
+        return int(self.pool.removeprefix("trunk")) if self.pool.startswith("trunk") else None
+
     def build(self) -> nn.Module:
         """The frozen backbone (with a throwaway head) this spec describes."""
         from postergenre.models import create_model
 
-        return create_model(self.model, 1, input_size=self.input_size, pool=self.pool).eval()
+        pool = "multi" if self.trunk_cut is not None else self.pool
+        return create_model(self.model, 1, input_size=self.input_size, pool=pool).eval()
 
 
 def sha1_file(path: str | os.PathLike) -> bytes:
@@ -77,7 +88,8 @@ class FeatureCache:
         name = f"chunk-r{rank}-{uuid.uuid4().hex[:12]}.safetensors"
         tmp = self.dir / f".{name}.tmp"
         sha = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 20)
-        save_file({"sha1": sha, "features": np.ascontiguousarray(features, np.float32)}, str(tmp))
+        dtype = np.float16 if self.spec.trunk_cut is not None else np.float32
+        save_file({"sha1": sha, "features": np.ascontiguousarray(features, dtype)}, str(tmp))
         tmp.replace(self.dir / name)
 
 
@@ -87,11 +99,12 @@ class _OnnxFeatures:
     def __init__(self, model: nn.Module, spec: FeatureSpec, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        path = cache_dir() / "onnx" / f"features_{spec.key}.onnx"
+        graph = replace(spec, flip=False).key  # mirroring happens in the loader
+        path = cache_dir() / "onnx" / f"features_{graph}.onnx"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            wrapper = _FeatureModule(model).eval()
+            wrapper = _FeatureModule(model, spec.trunk_cut).eval()
             dummy = torch.rand(1, 3, *spec.input_size)
             torch.onnx.export(wrapper, (dummy,), str(tmp), input_names=["x"], output_names=["f"],
                               dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17,
@@ -106,21 +119,25 @@ class _OnnxFeatures:
 
 
 class _FeatureModule(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    """The spec's features as a module's forward: pooled features, or the trunk's state."""
+
+    def __init__(self, model: nn.Module, cut: int | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.cut = model, cut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cut is not None:
+            return self.model.trunk_features(x, self.cut)
         return self.model.features(x)
 
 
 class _TorchFeatures:
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, cut: int | None = None) -> None:
+        self.module = _FeatureModule(model, cut)
 
     @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.model.features(torch.from_numpy(x)).numpy()
+        return self.module(torch.from_numpy(x)).numpy()
 
 
 def make_extractor(spec: FeatureSpec, backend: str = "auto"):
@@ -132,7 +149,7 @@ def make_extractor(spec: FeatureSpec, backend: str = "auto"):
         except ImportError:
             if backend == "onnx":
                 raise
-    return _TorchFeatures(model)
+    return _TorchFeatures(model, spec.trunk_cut)
 
 
 def _batches(paths: Sequence[Path], spec: FeatureSpec, batch_size: int
@@ -201,7 +218,7 @@ def cache_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = Featu
 
 
 def extract_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = FeatureSpec(),
-                     **kwargs) -> np.ndarray:
+                     dtype: type = np.float32, **kwargs) -> np.ndarray:
     """Features (len(paths), D) of the posters, computing only those not in the cache yet.
 
     Under torchrun every rank computes its share, then all read the completed cache.
@@ -213,7 +230,7 @@ def extract_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = Fea
     if errors:
         raise DatasetError(f"{len(errors)} poster(s) could not be read, e.g. {errors[0]}")
     index = FeatureCache(spec, kwargs.get("root")).load()
-    return np.stack([index[sha1_file(p)] for p in paths]).astype(np.float32)
+    return np.stack([index[sha1_file(p)] for p in paths]).astype(dtype, copy=False)
 
 
 class _progress:

@@ -102,7 +102,7 @@ def split_features(split: Split, spec: FeatureSpec, dim: int, **kwargs) -> np.nd
 
 def train_head(dataset: str | Path, out: str | Path, model_name: str = "efficientnet-lite0",
                input_size: tuple[int, int] = (268, 182), pool: str = "multi", flip: bool = False,
-               head: str = "mlp", hidden: int = 512, dropout: float = 0.6, loss: str = "bce",
+               head: str = "mlp", hidden: int = 256, dropout: float = 0.6, loss: str = "bce",
                pos_weight: bool = False, resample: float = 0.0, lr: float = 3e-4,
                weight_decay: float = 0.1, epochs: int = 100, batch_size: int = 256,
                patience: int = 8, seed: int = 0, backend: str = "auto",
