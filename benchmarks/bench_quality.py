@@ -229,6 +229,7 @@ def finetune_section(dataset: str, data: Data, genres, prior) -> None:
     fine-tuned on the cached trunk (train/finetune.py); val and test beside the prior."""
     import tempfile
 
+    from postergenre.run import read_history
     from postergenre.train.finetune import finetune
     from postergenre.train.head import train_head
 
@@ -249,6 +250,31 @@ def finetune_section(dataset: str, data: Data, genres, prior) -> None:
                 m = scores(data.y[split], run_probs(data, run, split), genres)
                 print(row(f"{name} | {split}", m, prior[split]) + f" {seconds:.0f} s |",
                       flush=True)
+        # The final fit: the same recipe on train + val, the head for the epochs val picked.
+        start = time.perf_counter()
+        both = train_val_dataset(dataset, f"{tmp}/train-val")
+        epochs = max(read_history(head), key=lambda r: r["val_macro_ap"])["epoch"]
+        refit_head = train_head(both, f"{tmp}/refit-head", epochs=epochs, patience=10**9,
+                                progress=False)
+        refit = finetune(both, f"{tmp}/refit", refit_head, progress=False)
+        m = scores(data.y["test"], run_probs(data, refit, "test"), genres)
+        print(row("same, refitted on train + val | test", m, prior["test"])
+              + f" {time.perf_counter() - start:.0f} s |", flush=True)
+
+
+def train_val_dataset(dataset: str, out: str) -> str:
+    """A copy of `dataset` whose train split is its train and val splits together."""
+    import shutil
+    from pathlib import Path
+
+    src, dst = Path(dataset), Path(out)
+    dst.mkdir(parents=True)
+    for name in ("genres.json", "val.csv", "test.csv"):
+        shutil.copy(src / name, dst / name)
+    train, val = ((src / f"{s}.csv").read_text().splitlines(keepends=True)
+                  for s in ("train", "val"))
+    (dst / "train.csv").write_text("".join(train + val[1:]))
+    return out
 
 
 def run_probs(data: Data, path: str | None, split: str = "test") -> np.ndarray:
