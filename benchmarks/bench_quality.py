@@ -280,7 +280,7 @@ def train_val_dataset(dataset: str, out: str) -> str:
 def run_probs(data: Data, path: str | None, split: str = "test") -> np.ndarray:
     """A frozen-feature or fine-tuned run's probabilities on `split`, from the caches."""
     from postergenre.run import load_run
-    from postergenre.train.finetune import _tail_probs
+    from postergenre.train.finetune import tail_probs
 
     run = load_run(path)
     model = run.build_model()
@@ -291,7 +291,7 @@ def run_probs(data: Data, path: str | None, split: str = "test") -> np.ndarray:
         spec = FeatureSpec(run.model_name, tuple(kwargs["input_size"]), f"trunk{cut}")
         rows = extract_features(data.splits[split].paths, spec, progress=False,
                                 dtype=np.float16)
-        return _tail_probs(model, rows, cut)
+        return tail_probs(model, rows, cut)
     spec = {"model": run.model_name, "size": tuple(kwargs["input_size"]), "pool": kwargs["pool"]}
     flip = "test" if kwargs.get("flip_average") else "none"
     return head_probs(model.head, data.x(split, flip, **spec))

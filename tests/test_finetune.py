@@ -14,7 +14,7 @@ from postergenre.models import create_model
 from postergenre.predict import Predictor
 from postergenre.run import load_run, read_history
 from postergenre.train.features import FeatureSpec, extract_features
-from postergenre.train.finetune import _tail_probs, finetune
+from postergenre.train.finetune import finetune, tail_probs
 from postergenre.train.head import train_head
 
 GENRES = ["Comedy", "Drama", "Horror"]
@@ -69,7 +69,7 @@ def test_finetuned_run_changes_only_the_tail_and_loads_like_any_run(dataset, hea
     model = run.build_model()
     spec = FeatureSpec("efficientnet-lite0", SIZE, "trunk14")
     rows = extract_features(val.paths, spec, backend="torch", progress=False)
-    np.testing.assert_allclose(served, _tail_probs(model, rows, 14), atol=2e-3)
+    np.testing.assert_allclose(served, tail_probs(model, rows, 14), atol=2e-3)
 
 
 def test_resume_continues_a_killed_run_to_the_same_weights(dataset, head_run, tmp_path):

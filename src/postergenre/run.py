@@ -129,6 +129,12 @@ def append_history(run_dir: Path, record: dict[str, Any]) -> None:
         f.write(old + json.dumps(record) + "\n")
 
 
+def write_history(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Replace the history with `records` (a resumed run's, matching its checkpoint)."""
+    with atomic_open(run_dir / HISTORY, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / HISTORY
     if not path.is_file():

@@ -41,15 +41,16 @@ def _freeze(value: str | None) -> str | int:
 
 
 def _is_finetune(out: Path) -> bool:
-    config = out / "config.json"
-    if not config.is_file():
-        return False
-    return json.loads(config.read_text()).get("training", {}).get("mode") == "finetune"
+    from postergenre.run import CONFIG, load_run
+
+    return (out / CONFIG).is_file() and \
+        load_run(out).config.get("training", {}).get("mode") == "finetune"
 
 
 def _finetune(data, out, init, freeze, epochs, batch_size, lr, weight_decay, seed, resume,
               progress) -> None:
     """The cached-trunk fine-tuning path (train/finetune.py)."""
+    from postergenre.run import read_history
     from postergenre.train.finetune import finetune
 
     if not resume and data is None:
@@ -61,7 +62,7 @@ def _finetune(data, out, init, freeze, epochs, batch_size, lr, weight_decay, see
                "weight_decay": weight_decay, "seed": seed}
     finetune(data, out, init, blocks=blocks, resume=resume, progress=progress,
              **{k: v for k, v in options.items() if v is not None})
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    history = read_history(out)
     best = max((r["val_macro_ap"] for r in history), default=float("nan"))
     typer.echo(f"run written to {out}: {len(history)} epochs, best val macro AP {best:.4f}")
 

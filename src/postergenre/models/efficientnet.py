@@ -109,6 +109,7 @@ class EfficientNetLite(nn.Module):
                            or blocks[i + 1]._block_args.output_filters
                            != blocks[i]._block_args.output_filters]
         self.feature_dim = self._feature_dim()
+        self._trunk_shapes: dict[int, tuple[tuple[int, int, int], list[int]]] = {}
         self.head = make_head(self.feature_dim, num_genres, head, hidden, dropout)
         self.register_buffer("norm_mean", torch.tensor(MEAN).view(1, 1, 1, 1), persistent=False)
         self.register_buffer("norm_std", torch.tensor(STD).view(1, 1, 1, 1), persistent=False)
@@ -204,10 +205,14 @@ class EfficientNetLite(nn.Module):
         return parts[0].reshape(-1, *shape), list(parts[1:])
 
     def trunk_shape(self, cut: int) -> tuple[tuple[int, int, int], list[int]]:
-        """(C, h, w) of the trunk's output map and the widths of its stage means."""
-        with torch.no_grad():
-            x, stage_means = self.trunk(torch.zeros(1, 3, *self.input_size), cut)
-        return (x.shape[1], x.shape[2], x.shape[3]), [m.shape[1] for m in stage_means]
+        """(C, h, w) of the trunk's output map and the widths of its stage means (found with
+        one dummy pass per cut, then remembered: the input size is fixed)."""
+        if cut not in self._trunk_shapes:
+            with torch.no_grad():
+                x, means = self.trunk(torch.zeros(1, 3, *self.input_size), cut)
+            self._trunk_shapes[cut] = ((x.shape[1], x.shape[2], x.shape[3]),
+                                       [m.shape[1] for m in means])
+        return self._trunk_shapes[cut]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x)

@@ -17,7 +17,6 @@ keeps the epoch with the best val macro AP. The run folder loads like any other
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import nn
 from postergenre.data.dataset import load_genres, load_split
 from postergenre.errors import PosterGenreError, RunError
 from postergenre.evaluate.metrics import tune_thresholds
-from postergenre.io import atomic_open, ensure_writable_dir
+from postergenre.io import ensure_writable_dir
 from postergenre.run import (
     CONFIG,
     HISTORY,
@@ -41,13 +40,14 @@ from postergenre.run import (
     save_config,
     save_thresholds,
     save_weights,
+    write_history,
 )
 from postergenre.train.features import FeatureSpec, extract_features
 from postergenre.train.head import val_scores
-from postergenre.train.loop import _epoch_seed, load_checkpoint, save_checkpoint
+from postergenre.train.loop import _epoch_seed, _Progress, load_checkpoint, save_checkpoint
 
 
-def _tail_probs(model: nn.Module, rows: np.ndarray, cut: int, batch_size: int = 256
+def tail_probs(model: nn.Module, rows: np.ndarray, cut: int, batch_size: int = 256
                 ) -> np.ndarray:
     """Probabilities from cached trunk rows, through the tail and the head."""
     model.eval()
@@ -144,14 +144,14 @@ def finetune(dataset: str | Path, out: str | Path, init: str | Path, blocks: int
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": []}
     if resume and (saved := load_checkpoint(out, model, optimizer, schedule)) is not None:
         state = saved
-        with atomic_open(out / HISTORY, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in state["history"])
+        write_history(out, state["history"])
     elif not resume:
         (out / HISTORY).unlink(missing_ok=True)
     if state["epoch"] == 0:  # the starting point, for the record
-        state["best"] = val_scores(val.labels, _tail_probs(model, val_rows, cut))["val_macro_ap"]
+        state["best"] = val_scores(val.labels, tail_probs(model, val_rows, cut))["val_macro_ap"]
         save_weights(model, out / WEIGHTS, keys=model.trained_keys())
 
+    bars = _Progress(progress, epochs, state["epoch"])
     for epoch in range(state["epoch"], epochs):
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
@@ -160,7 +160,8 @@ def finetune(dataset: str | Path, out: str | Path, init: str | Path, blocks: int
         torch.manual_seed(_epoch_seed(seed, epoch, 1))  # dropout and drop-connect
         _train_mode(model)
         total = 0.0
-        for i in _bar(progress, range(0, len(order), batch_size), f"epoch {epoch + 1}"):
+        bars.new_epoch(epoch + 1, steps)
+        for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             batch = np.where(mirrored[idx, None], rows[True][idx], rows[False][idx])
             x, means = model.split_trunk_features(torch.from_numpy(batch.astype(np.float32)),
@@ -171,7 +172,8 @@ def finetune(dataset: str | Path, out: str | Path, init: str | Path, blocks: int
             optimizer.step()
             schedule.step()
             total += loss.item() * len(idx)
-        scores = val_scores(val.labels, _tail_probs(model, val_rows, cut))
+            bars.step(loss.item())
+        scores = val_scores(val.labels, tail_probs(model, val_rows, cut))
         if scores["val_macro_ap"] > state["best"]:
             state.update(best=scores["val_macro_ap"], best_epoch=epoch + 1)
             save_weights(model, out / WEIGHTS, keys=model.trained_keys())
@@ -182,18 +184,11 @@ def finetune(dataset: str | Path, out: str | Path, init: str | Path, blocks: int
         state["epoch"] = epoch + 1
         save_checkpoint(out, model, optimizer, schedule, state)
         append_history(out, record)
+        bars.end_epoch(record)
+    bars.close()
 
     load_weights(model, out / WEIGHTS, partial=True)
-    probs = _tail_probs(model, val_rows, cut)
+    probs = tail_probs(model, val_rows, cut)
     save_thresholds(out, dict(zip(genres, tune_thresholds(val.labels, probs).tolist(),
                                   strict=True)))
     return out
-
-
-def _bar(enabled: bool, steps: range, label: str):
-    """The steps, with a Rich progress bar when enabled."""
-    if not enabled:
-        return steps
-    from rich.progress import track
-
-    return track(steps, description=label, transient=True)

@@ -35,7 +35,6 @@ from postergenre.io import atomic_open, atomic_write_json, ensure_writable_dir
 from postergenre.models import create_model
 from postergenre.run import (
     CONFIG,
-    HISTORY,
     WEIGHTS,
     append_history,
     load_run,
@@ -43,6 +42,7 @@ from postergenre.run import (
     save_config,
     save_thresholds,
     save_weights,
+    write_history,
 )
 from postergenre.train import distributed
 from postergenre.train.augment import apply_affine, random_affine
@@ -278,8 +278,7 @@ def _train(dataset, out: Path, config, resume, rank, world, dev, backbone_weight
     if resume and (saved := load_checkpoint(out, model, optimizer, schedule)) is not None:
         state = saved
         if main:  # the history file must match the checkpoint (an epoch may have been cut)
-            with atomic_open(out / HISTORY, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in state["history"])
+            write_history(out, state["history"])
     writer = _tensorboard(out) if tensorboard and main else None
     bars = _Progress(progress and main, config.epochs, state["epoch"])
     start = time.perf_counter()
