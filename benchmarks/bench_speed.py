@@ -146,8 +146,8 @@ def report(results: dict[str, dict]) -> None:
               f"| {r['peak_rss_mb']:.0f} |")
     check = results.get("onnx", {}).get("int8_check")
     if check:
-        print(f"\nint8 graph checked on {check['val_posters']} val posters: macro AP "
-              f"fp32 {check['val_macro_ap_fp32']:.4f}, int8 {check['val_macro_ap_int8']:.4f} "
+        print(f"\nint8 graph checked on {check['posters']} {check['split']} posters: macro AP "
+              f"fp32 {check['macro_ap_fp32']:.4f}, int8 {check['macro_ap_int8']:.4f} "
               f"(allowed loss {check['max_drop']})")
     best = results.get("onnx") or results.get("torch")
     if best:

@@ -143,16 +143,16 @@ def test_efficientnet_lite0_parity(tmp_path: Path) -> None:
 
 
 def make_dataset(path: Path, n: int = 15) -> Path:
-    """A tiny dataset of synthetic posters with the run's genres (train and val)."""
+    """A tiny dataset of synthetic posters with the run's genres (train, val and test)."""
     import pandas as pd
     from conftest import make_poster
 
     from postergenre.data.dataset import write_genres, write_split
 
     write_genres(path, GENRES)
-    for split, offset in (("train", 0), ("val", 100)):
+    for split, offset in (("train", 0), ("val", 100), ("test", 200)):
         rows = []
-        for i in range(n):
+        for i in range(n if split != "test" else n + 2):
             poster = make_poster(path / "posters" / f"{offset + i}.jpg", seed=offset + i)
             genres = [g for j, g in enumerate(GENRES) if (i + j) % 3]  # 10 positives each
             rows.append({"imdbId": offset + i, "title": f"t{i}", "poster": str(poster),
@@ -168,16 +168,20 @@ def test_int8_is_kept_only_when_quality_holds(tmp_path: Path, monkeypatch: pytes
     dataset = make_dataset(tmp_path / "data")
 
     rejected = quantize_run(load_run(run_dir), dataset, max_drop=-1.0)  # nothing can pass
-    assert not rejected["accepted"] and rejected["val_posters"] == 15
+    assert not rejected["accepted"] and (rejected["split"], rejected["posters"]) == ("val", 15)
     assert not (run_dir / "int8.json").exists()
     assert Predictor.load(run_dir, backend="onnx").backend.int8 is False
 
     out = tmp_path / "int8.onnx"
     args = ["export", "--onnx", str(run_dir), str(out), "--int8", str(dataset), "--max-drop", "1"]
+    assert run_cli(args + ["--int8-split", "train"], monkeypatch) == 2  # not a held-out split
+    assert run_cli(args + ["--int8-split", "test"], monkeypatch) == 0  # a run trained on val
+    assert "test macro AP on 17 posters" in capsys.readouterr().out
+    assert json.loads((run_dir / "int8.json").read_text())["split"] == "test"
     assert run_cli(args, monkeypatch) == 0
     assert "val macro AP on 15 posters" in capsys.readouterr().out
     card = json.loads((run_dir / "int8.json").read_text())
-    assert card["accepted"] and card["val_posters"] == 15
+    assert card["accepted"] and (card["split"], card["posters"]) == ("val", 15)
     assert out.read_bytes() == checked_int8(load_run(run_dir)).read_bytes()
     # a fresh cache rebuilds the same int8 graph from the bundled posters
     monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "fresh-cache"))

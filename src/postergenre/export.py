@@ -220,25 +220,28 @@ def checked_int8(run: Run) -> Path | None:
 
 
 def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_DROP,
-                 batch_size: int = 16,
+                 batch_size: int = 16, split: str = "val",
                  on_batch: Callable[[int], None] | None = None) -> dict:
-    """Quantise the run's graph to int8 and keep it only if quality holds on the val split.
+    """Quantise the run's graph to int8 and keep it only if quality holds on held-out posters.
 
-    Calibrates on the posters bundled with the package, then scores every val poster with
-    both graphs. When the int8 macro AP (genres with >= 10 positives) is within `max_drop` of
-    fp32, writes RUN/int8.json (the check's figures) and the graph into the cache, and the onnx
-    backend uses int8 from then on, until the run changes. Returns the figures.
+    Calibrates on the posters bundled with the package, then scores every poster of `split`
+    (val; test for a run that trained on val) with both graphs. When the int8 macro AP (genres
+    with >= 10 positives) is within `max_drop` of fp32, writes RUN/int8.json (the check's
+    figures) and the graph into the cache, and the onnx backend uses int8 from then on, until
+    the run changes. Returns the figures.
     """
     from postergenre.data.dataset import load_split
     from postergenre.errors import DatasetError
     from postergenre.evaluate.metrics import MIN_POSITIVES, macro_ap
 
-    val = load_split(dataset, "val")
+    if split not in ("val", "test"):
+        raise DatasetError(f"{split!r}: the int8 check runs on val or test")
+    val = load_split(dataset, split)
     if val.genres != run.genres:
         raise DatasetError(f"{dataset}: its genres differ from the run's; use the run's dataset")
     columns = np.flatnonzero(val.labels.sum(0) >= MIN_POSITIVES)
     if not len(columns):
-        raise DatasetError(f"{dataset}: no genre has {MIN_POSITIVES} positives in val; "
+        raise DatasetError(f"{dataset}: no genre has {MIN_POSITIVES} positives in {split}; "
                            "too small to check the int8 quality")
     fp32_path = cached_onnx(run)
     calibration = calibration_posters(run.input_size)
@@ -254,11 +257,11 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
                 on_batch(len(x))
         ap = {k: macro_ap(val.labels, np.concatenate(v), columns) for k, v in scores.items()}
         record = {
-            "run": run_fingerprint(run), "val_posters": len(val),
+            "run": run_fingerprint(run), "split": split, "posters": len(val),
             "calibration_posters": len(calibration),
             "sample_max_diff": _sample_agreement(fp32_path, int8_path, calibration),
-            "val_macro_ap_fp32": round(ap["fp32"], 5),
-            "val_macro_ap_int8": round(ap["int8"], 5), "max_drop": max_drop,
+            "macro_ap_fp32": round(ap["fp32"], 5),
+            "macro_ap_int8": round(ap["int8"], 5), "max_drop": max_drop,
             "accepted": bool(ap["fp32"] - ap["int8"] <= max_drop),
         }
         cached = cache_dir() / "onnx" / f"{run.model_name}-{record['run']}-int8.onnx"

@@ -21,10 +21,12 @@ def export(
                                help="Compare the graph with PyTorch on random posters."),
     int8: Path | None = typer.Option(
         None, "--int8", metavar="DATASET",
-        help="Quantise to int8, calibrated on DATASET's train posters, and keep it only if the "
-             "val macro AP drops by at most --max-drop; the run then uses it for prediction.",
+        help="Quantise to int8 and keep it only if DATASET's val macro AP (see --int8-split) "
+             "drops by at most --max-drop; the run then uses it for prediction.",
     ),
-    max_drop: float = typer.Option(0.005, help="Largest val macro AP loss allowed for --int8."),
+    int8_split: str = typer.Option(
+        "val", help="Split the --int8 check scores: val, or test for a run that trained on val."),
+    max_drop: float = typer.Option(0.005, help="Largest macro AP loss allowed for --int8."),
 ) -> None:
     """Export a run's model as one ONNX graph, for onnxruntime or any ONNX runtime.
 
@@ -32,7 +34,7 @@ def export(
 
     Output "probabilities": (N, n_genres); the genre names and input size are in its metadata.
 
-    With --int8 the graph is quantised and kept only if it passes a check on the val split.
+    With --int8 the graph is quantised and kept only if it passes a check on held-out posters.
     """
     from postergenre.export import export_onnx, make_session, run_metadata
     from postergenre.predict import TorchBackend
@@ -45,7 +47,7 @@ def export(
         raise PosterGenreError(f"{out}: is a folder; give a file name such as model.onnx")
     run = load_run(run_dir)
     if int8 is not None:
-        return _export_int8(run, out, int8, max_drop)
+        return _export_int8(run, out, int8, int8_split, max_drop)
     torch_backend = TorchBackend(run)
     export_onnx(torch_backend.model, out, run.input_size, opset=opset,
                 metadata=run_metadata(run))
@@ -61,23 +63,25 @@ def export(
             raise PosterGenreError(f"{out}: the graph differs from PyTorch by {diff:.1e}")
 
 
-def _export_int8(run, out: Path, dataset: Path, max_drop: float) -> None:
+def _export_int8(run, out: Path, dataset: Path, split: str, max_drop: float) -> None:
     from rich.progress import Progress
 
     from postergenre.data.dataset import load_split
     from postergenre.export import INT8_CARD, quantize_run
     from postergenre.io import atomic_write_bytes
 
-    total = len(load_split(dataset, "val"))
+    if split not in ("val", "test"):
+        raise typer.BadParameter(f"{split!r}: use val or test", param_hint="--int8-split")
+    total = len(load_split(dataset, split))
     with Progress(transient=True) as progress:
-        task = progress.add_task("int8 vs fp32 on val", total=total)
-        record = quantize_run(run, dataset, max_drop=max_drop,
+        task = progress.add_task(f"int8 vs fp32 on {split}", total=total)
+        record = quantize_run(run, dataset, max_drop=max_drop, split=split,
                               on_batch=lambda n: progress.advance(task, n))
-    ap32, ap8 = record["val_macro_ap_fp32"], record["val_macro_ap_int8"]
-    typer.echo(f"val macro AP on {record['val_posters']} posters: fp32 {ap32:.4f}, "
+    ap32, ap8 = record["macro_ap_fp32"], record["macro_ap_int8"]
+    typer.echo(f"{split} macro AP on {record['posters']} posters: fp32 {ap32:.4f}, "
                f"int8 {ap8:.4f} (change {ap8 - ap32:+.4f}, allowed -{max_drop})")
     if not record["accepted"]:
-        raise PosterGenreError(f"{run.path}: int8 loses more than {max_drop} val macro AP; "
+        raise PosterGenreError(f"{run.path}: int8 loses more than {max_drop} {split} macro AP; "
                                "kept fp32, wrote nothing")
     atomic_write_bytes(out, Path(record["graph"]).read_bytes())
     typer.echo(f"wrote {out} and {run.path / INT8_CARD} (the onnx backend now uses int8)")
