@@ -144,3 +144,26 @@ def test_cli_on_real_posters_with_real_titles(tiny_run, real_data):
     assert result.exit_code == 0, result.output
     titles = [json.loads(line)["title"] for line in result.stdout.splitlines()]
     assert titles == ["Toy Story (1995)", "Heat (1995)"]
+
+
+def test_float16_weights_load_back_and_predict_nearly_the_same(tiny_run, posters, tmp_path):
+    """How the shipped model is stored: float16 safetensors, read back into float32."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from postergenre.run import save_weights
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_run, half)
+    state = load_file(str(tiny_run / "weights.safetensors"))
+    save_weights(state, half / "weights.safetensors", dtype=torch.float16)
+    stored = load_file(str(half / "weights.safetensors"))
+    assert {str(v.dtype) for k, v in stored.items() if state[k].is_floating_point()} == \
+        {"torch.float16"}
+    assert all(stored[k].dtype == v.dtype for k, v in state.items() if not v.is_floating_point())
+    files = sorted(posters.glob("*.jpg"))
+    full = P.Predictor.load(tiny_run, backend="torch").predict_files(files)
+    small = P.Predictor.load(half, backend="torch").predict_files(files)
+    assert small.dtype == np.float32 and 0 < np.abs(full - small).max() < 1e-2

@@ -81,12 +81,15 @@ def load_weights(model: nn.Module, path: Path, partial: bool = False) -> None:
 
 
 def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path,
-                 keys: list[str] | None = None) -> None:
-    """Save (a subset of) a state dict as safetensors, atomically."""
+                 keys: list[str] | None = None, dtype: torch.dtype | None = None) -> None:
+    """Save (a subset of) a state dict as safetensors, atomically; `dtype` (torch.float16 for
+    the shipped model) converts floating-point tensors, and loading converts them back."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     if keys is not None:
         state = {k: state[k] for k in keys}
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))

@@ -109,7 +109,8 @@ def train_head(dataset: str | Path, out: str | Path, model_name: str = "efficien
                cache_root: str | Path | None = None, progress: bool = True) -> Path:
     """Fit a head on a frozen EfficientNet-Lite's cached features and write a run to `out`.
 
-    The defaults are the shipped model's recipe (docs/benchmarks.md, "Quality").
+    The defaults are the shipped model's first stage (docs/benchmarks.md, "Quality") but for
+    its input size: the shipped model reads posters at (368, 250), 1.88x the native pixels.
     `flip` trains on mirrored posters too and makes the model average a poster's and its
     mirror's features at prediction time.
     """
