@@ -190,6 +190,9 @@ def test_int8_is_kept_only_when_quality_holds(tmp_path: Path, monkeypatch: pytes
     x = random_posters(4, SIZE)
     fp32 = Predictor.load(run_dir, backend="torch").predict_proba(x)
     assert 0 < np.abs(int8.predict_proba(x) - fp32).max() < 0.1  # close, not exact
+    exact = Predictor.load(run_dir, backend="onnx-fp32")  # onnxruntime, int8 turned down
+    assert exact.backend.int8 is False
+    assert np.abs(exact.predict_proba(x) - fp32).max() < 1e-4
 
     make_run(run_dir, input_size=SIZE, seed=1)  # retrained: the int8 graph no longer applies
     assert Predictor.load(run_dir, backend="onnx").backend.int8 is False

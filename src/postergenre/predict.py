@@ -28,7 +28,7 @@ from postergenre.data.images import PosterSource, load_poster_array, load_poster
 from postergenre.errors import InvalidImageError, PosterGenreError
 from postergenre.run import Run, load_run
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "onnx-fp32")
 
 
 class TorchBackend:
@@ -47,14 +47,16 @@ class TorchBackend:
 
 
 def make_backend(run: Run, backend: str = "auto", device: str = "cpu"):
-    """'torch', 'onnx', or 'auto' (onnxruntime when installed and the device is the CPU)."""
+    """'torch'; 'onnx' (onnxruntime, with the run's int8 graph when its check passed);
+    'onnx-fp32' (onnxruntime, never int8); or 'auto' ('onnx' when onnxruntime is installed and
+    the device is the CPU, else 'torch')."""
     if backend not in BACKENDS:
         raise PosterGenreError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if backend == "onnx" or (backend == "auto" and device == "cpu"):
+    if backend.startswith("onnx") or (backend == "auto" and device == "cpu"):
         from postergenre.export import OnnxBackend, onnx_available
 
-        if backend == "onnx" or onnx_available():
-            return OnnxBackend(run)
+        if backend != "auto" or onnx_available():
+            return OnnxBackend(run, int8=backend != "onnx-fp32")
     return TorchBackend(run, device)
 
 

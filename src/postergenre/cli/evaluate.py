@@ -22,7 +22,9 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--bootstrap", min=0,
                                help="Bootstrap resamples for the 95% intervals (0: none)."),
     no_report: bool = typer.Option(False, "--no-report", help="Write metrics.json only."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    backend: str = typer.Option(
+        "auto", "--backend",
+        help="auto (onnx when installed), torch, onnx (int8 when checked) or onnx-fp32."),
 ) -> None:
     """Score a run on a dataset split, every metric beside the prior baseline.
 

@@ -37,7 +37,9 @@ def predict(
              "named <imdbId>.jpg; titles of the run's dataset are used when it is present.",
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Posters per model call."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    backend: str = typer.Option(
+        "auto", "--backend",
+        help="auto (onnx when installed), torch, onnx (int8 when checked) or onnx-fp32."),
 ) -> None:
     """Predict the genres of poster files, folders and http(s) URLs.
 
