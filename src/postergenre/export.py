@@ -40,7 +40,8 @@ from postergenre.run import CONFIG, WEIGHTS, Run
 OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
 INT8_CARD = "int8.json"  # the record of an accepted int8 check, inside the run
-MAX_AP_DROP = 0.005  # the most val macro AP an int8 graph may lose
+MAX_AP_DROP = 0.005  # the most held-out macro AP an int8 graph may lose
+INT8_SPLITS = ("val", "test")  # where the check may score: posters the run did not train on
 CHUNK = 8  # posters per onnxruntime call: the fastest per poster on a CPU
 
 
@@ -234,12 +235,12 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
     from postergenre.errors import DatasetError
     from postergenre.evaluate.metrics import MIN_POSITIVES, macro_ap
 
-    if split not in ("val", "test"):
-        raise DatasetError(f"{split!r}: the int8 check runs on val or test")
-    val = load_split(dataset, split)
-    if val.genres != run.genres:
+    if split not in INT8_SPLITS:
+        raise DatasetError(f"{split!r}: the int8 check runs on {' or '.join(INT8_SPLITS)}")
+    held_out = load_split(dataset, split)
+    if held_out.genres != run.genres:
         raise DatasetError(f"{dataset}: its genres differ from the run's; use the run's dataset")
-    columns = np.flatnonzero(val.labels.sum(0) >= MIN_POSITIVES)
+    columns = np.flatnonzero(held_out.labels.sum(0) >= MIN_POSITIVES)
     if not len(columns):
         raise DatasetError(f"{dataset}: no genre has {MIN_POSITIVES} positives in {split}; "
                            "too small to check the int8 quality")
@@ -249,15 +250,16 @@ def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_
         int8_path = quantize_onnx(fp32_path, Path(tmp) / "int8.onnx", calibration)
         fp32, int8 = make_session(fp32_path), make_session(int8_path)
         scores: dict[str, list[np.ndarray]] = {"fp32": [], "int8": []}
-        for start in range(0, len(val), batch_size):
-            x = load_poster_batch(val.paths[start : start + batch_size], run.input_size)
+        for start in range(0, len(held_out), batch_size):
+            x = load_poster_batch(held_out.paths[start : start + batch_size], run.input_size)
             scores["fp32"].append(fp32.run([OUTPUT], {INPUT: x})[0])
             scores["int8"].append(int8.run([OUTPUT], {INPUT: x})[0])
             if on_batch:
                 on_batch(len(x))
-        ap = {k: macro_ap(val.labels, np.concatenate(v), columns) for k, v in scores.items()}
+        ap = {k: macro_ap(held_out.labels, np.concatenate(v), columns)
+              for k, v in scores.items()}
         record = {
-            "run": run_fingerprint(run), "split": split, "posters": len(val),
+            "run": run_fingerprint(run), "split": split, "posters": len(held_out),
             "calibration_posters": len(calibration),
             "sample_max_diff": _sample_agreement(fp32_path, int8_path, calibration),
             "macro_ap_fp32": round(ap["fp32"], 5),

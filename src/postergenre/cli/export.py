@@ -67,11 +67,12 @@ def _export_int8(run, out: Path, dataset: Path, split: str, max_drop: float) -> 
     from rich.progress import Progress
 
     from postergenre.data.dataset import load_split
-    from postergenre.export import INT8_CARD, quantize_run
+    from postergenre.export import INT8_CARD, INT8_SPLITS, quantize_run
     from postergenre.io import atomic_write_bytes
 
-    if split not in ("val", "test"):
-        raise typer.BadParameter(f"{split!r}: use val or test", param_hint="--int8-split")
+    if split not in INT8_SPLITS:
+        raise typer.BadParameter(f"{split!r}: use {' or '.join(INT8_SPLITS)}",
+                                 param_hint="--int8-split")
     total = len(load_split(dataset, split))
     with Progress(transient=True) as progress:
         task = progress.add_task(f"int8 vs fp32 on {split}", total=total)
