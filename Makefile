@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: install
-	$(PY) -m postergenre.bench --data $(DATA)
+	$(PY) benchmarks/run_all.py --data $(DATA)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

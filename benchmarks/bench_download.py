@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 
 from postergenre.data.download import DownloadConfig, download_posters
-from postergenre.paths import SHARED_DATA
+
+SHARED_DATA = Path("../shared/data")
 
 HEADER = "imdbId,Imdb Link,Title,IMDB Score,Genre,Poster\n"
 

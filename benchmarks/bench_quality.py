@@ -23,7 +23,7 @@ from postergenre.data.dataset import load_split
 from postergenre.evaluate.metrics import evaluate_scores, prior_scores
 from postergenre.models.efficientnet import make_head
 from postergenre.train.features import FeatureSpec, extract_features
-from postergenre.train.head import fit_head, head_probs
+from postergenre.train.sources import probs_of
 
 DIMS = {"mean": 1280, "meanmax": 2560}
 LITE0 = "efficientnet-lite0"
@@ -42,7 +42,7 @@ class Data:
         key = (split, model, tuple(size), flip)
         if key not in self._cache:
             spec = FeatureSpec(model, tuple(size), "multi", flip)
-            self._cache[key] = extract_features(self.splits[split].paths, spec, progress=False)
+            self._cache[key] = extract_features(self.splits[split].paths, spec)
         x = self._cache[key]
         return x[:, : DIMS.get(pool, x.shape[1])]
 
@@ -59,6 +59,30 @@ class Data:
 def scores(y: np.ndarray, probs: np.ndarray, genres) -> dict[str, float]:
     m = evaluate_scores(y, probs, genres)
     return {k: m[k] for k in ("top3_hit", "macro_ap", "micro_ap", "macro_roc_auc")}
+
+
+def fit_head(head: torch.nn.Sequential, x_train: np.ndarray, y_train: np.ndarray,
+             x_val: np.ndarray, y_val: np.ndarray, seed: int = 0, lr: float = 1e-3,
+             weight_decay: float = 1e-2, **options) -> None:
+    """The engine's features mode on arrays (train/sources.py `head_on_arrays`), in a temporary
+    run folder: the head ends with its best val epoch's weights."""
+    import tempfile
+    from pathlib import Path
+
+    from postergenre.train.engine import run_epochs
+    from postergenre.train.recipes import make_config
+    from postergenre.train.sources import head_on_arrays
+
+    config = make_config(mode="features", seed=seed, lr=lr, weight_decay=weight_decay, **options)
+    head[0].fit(torch.from_numpy(x_train))
+    genres = [str(j) for j in range(y_train.shape[1])]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_epochs(head_on_arrays(head, head, x_train, y_train, x_val, y_val, config, genres),
+                   Path(tmp), config)
+
+
+def head_probs(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return probs_of(head.eval(), x)
 
 
 def train_probs(data: Data, spec: dict | list[dict], head: str = "linear", flip: str = "none",
@@ -159,7 +183,7 @@ def _fit_in_child(queue, dataset: str, options: dict) -> None:
     queue.put((probs, seconds, peak))
 
 
-# The shipped model's recipe (train_head's defaults).
+# The shipped model's head recipe (the features mode's defaults).
 RECIPE = {"spec": {"pool": "multi"}, "head": "mlp", "dropout": 0.6, "lr": 3e-4,
           "weight_decay": 0.1}
 IMBALANCE = [("BCE", {}), ("BCE + positive weights", {"pos_weight": True}),
@@ -233,19 +257,28 @@ def finetune_section(dataset: str, data: Data, genres, prior) -> None:
     import tempfile
 
     from postergenre.run import read_history
-    from postergenre.train.finetune import finetune
-    from postergenre.train.head import train_head
+    from postergenre.train.fit import fit
+    from postergenre.train.recipes import make_config
+
+    def train_head(dataset, out, **options):
+        fit(dataset, out, make_config(mode="features", model=LITE0, model_kwargs={
+            "input_size": list(SHIPPED_SIZE)}, **options))
+        return out
+
+    def finetune(dataset, out, init):
+        fit(dataset, out, make_config(mode="finetune", model=LITE0, init=str(init)))
+        return out
 
     print("\nFine-tuning the last blocks (cached trunk), val and test, beside the prior\n")
     print("| run | split | top-3 hit | macro AP | micro AP | macro ROC-AUC | time |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        head = train_head(dataset, f"{tmp}/head", input_size=SHIPPED_SIZE, progress=False)
+        head = train_head(dataset, f"{tmp}/head")
         runs = [("head on frozen features", head, time.perf_counter() - start)]
         for blocks in (2,):
             start = time.perf_counter()
-            run = finetune(dataset, f"{tmp}/ft{blocks}", head, blocks=blocks, progress=False)
+            run = finetune(dataset, f"{tmp}/ft{blocks}", head)
             runs.append((f"+ last {blocks} blocks fine-tuned", run, time.perf_counter() - start))
         for split in ("val", "test"):
             print(row(f"prior | {split}", prior[split]) + " - |")
@@ -257,9 +290,8 @@ def finetune_section(dataset: str, data: Data, genres, prior) -> None:
         start = time.perf_counter()
         both = train_val_dataset(dataset, f"{tmp}/train-val")
         epochs = max(read_history(head), key=lambda r: r["val_macro_ap"])["epoch"]
-        refit_head = train_head(both, f"{tmp}/refit-head", input_size=SHIPPED_SIZE,
-                                epochs=epochs, patience=10**9, progress=False)
-        refit = finetune(both, f"{tmp}/refit", refit_head, progress=False)
+        refit_head = train_head(both, f"{tmp}/refit-head", epochs=epochs, patience=0)
+        refit = finetune(both, f"{tmp}/refit", refit_head)
         m = scores(data.y["test"], run_probs(data, refit, "test"), genres)
         print(row("same, refitted on train + val | test", m, prior["test"])
               + f" {time.perf_counter() - start:.0f} s |", flush=True)
@@ -283,18 +315,16 @@ def train_val_dataset(dataset: str, out: str) -> str:
 def run_probs(data: Data, path: str | None, split: str = "test") -> np.ndarray:
     """A frozen-feature or fine-tuned run's probabilities on `split`, from the caches."""
     from postergenre.run import load_run
-    from postergenre.train.finetune import tail_probs
 
     run = load_run(path)
     model = run.build_model()
     kwargs = run.config["model_kwargs"]
     blocks = kwargs.get("trainable_blocks", 0)
     if blocks > 0:  # the fine-tuned tail runs on the cached trunk
-        cut = len(model.backbone._blocks) - blocks
-        spec = FeatureSpec(run.model_name, tuple(kwargs["input_size"]), f"trunk{cut}")
-        rows = extract_features(data.splits[split].paths, spec, progress=False,
-                                dtype=np.float16)
-        return tail_probs(model, rows, cut)
+        cut = model.cut_for(blocks)
+        spec = FeatureSpec(run.model_name, tuple(kwargs["input_size"]), "multi", cut=cut)
+        rows = extract_features(data.splits[split].paths, spec, dtype=np.float16)
+        return probs_of(lambda r: model.tail_logits(r, cut), rows)
     spec = {"model": run.model_name, "size": tuple(kwargs["input_size"]), "pool": kwargs["pool"]}
     flip = "test" if kwargs.get("flip_average") else "none"
     return head_probs(model.head, data.x(split, flip, **spec))

@@ -55,7 +55,7 @@ def load_posters(folder: Path, n: int = 64) -> list[bytes]:
 def stand_in_run(folder: Path) -> Path:
     """A custom-cnn run with random weights and the data set's 28 genres."""
     from postergenre.models import create_model
-    from postergenre.run import save_config, save_weights
+    from postergenre.run import save_weights, write_config
 
     genres = ["Action", "Adult", "Adventure", "Animation", "Biography", "Comedy", "Crime",
               "Documentary", "Drama", "Family", "Fantasy", "Film-Noir", "Game-Show", "History",
@@ -63,8 +63,8 @@ def stand_in_run(folder: Path) -> Path:
               "Sci-Fi", "Short", "Sport", "Talk-Show", "Thriller", "War", "Western"]
     model = create_model("custom-cnn", len(genres))
     save_weights(model, folder / "weights.safetensors")
-    save_config(folder, {"model": "custom-cnn", "genres": genres,
-                         "input_size": list(model.input_size)})
+    write_config(folder, model="custom-cnn", model_kwargs={}, genres=genres,
+                 input_size=model.input_size, dataset=None, train={})
     return folder
 
 

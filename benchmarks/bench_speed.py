@@ -51,15 +51,15 @@ def random_run(model: str, directory: Path, **kwargs) -> Path:
     import torch
 
     from postergenre.models import create_model
-    from postergenre.run import save_config, save_weights
+    from postergenre.run import save_weights, write_config
 
     torch.manual_seed(0)
     net = create_model(model, 28, **kwargs)
     keys = net.trained_keys() if hasattr(net, "trained_keys") else None
     save_weights(net, directory / "weights.safetensors", keys)
-    save_config(directory, {"model": model, "model_kwargs": kwargs,
-                            "genres": [f"genre{i}" for i in range(28)],
-                            "input_size": list(net.input_size), "partial_weights": bool(keys)})
+    write_config(directory, model=model, model_kwargs=kwargs,
+                 genres=[f"genre{i}" for i in range(28)], input_size=net.input_size,
+                 dataset=None, train={}, partial_weights=bool(keys))
     return directory
 
 
@@ -67,13 +67,13 @@ def measure(run: str | None, backend: str, paths: list[Path], latency_n: int) ->
     """Runs in the worker process: every figure for one configuration."""
     import torch
 
-    from postergenre.export import OnnxBackend, physical_cores
-    from postergenre.predict import Predictor, predict_stream
+    from postergenre.backends import physical_cores
+    from postergenre.predict import Predictor, make_backend, predict_stream
 
     torch.set_num_threads(physical_cores())
     predictor = Predictor.load(run, backend="torch" if backend == "torch" else "onnx")
     if backend == "onnx-fp32":
-        predictor.backend = OnnxBackend(predictor.run, int8=False)
+        predictor.backend = make_backend(predictor.run, "onnx-fp32")
     warm = predictor.load_batch(paths[:64])
     predictor.predict_proba(warm)  # warm-up (and, for onnx, the one-off export)
 

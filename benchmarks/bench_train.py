@@ -24,9 +24,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from postergenre.data.dataset import load_split
 from postergenre.run import load_run, read_history
-from postergenre.train.loop import predict_arrays, train
+from postergenre.train.fit import fit as train
 from postergenre.train.posters import cached_posters
 from postergenre.train.recipes import make_config
+from postergenre.train.sources import predict_arrays
 
 MIN_POSITIVES = 10
 

@@ -53,13 +53,13 @@ def make_tiny_run(path: Path, genres: list[str], size: tuple[int, int] = (80, 80
     import torch
 
     from postergenre.models import create_model
-    from postergenre.run import save_config, save_thresholds, save_weights
+    from postergenre.run import save_thresholds, save_weights, write_config
 
     torch.manual_seed(seed)
     model = create_model("custom-cnn", len(genres), input_size=size)
     save_weights(model, path / "weights.safetensors")
-    save_config(path, {"model": "custom-cnn", "model_kwargs": {"input_size": list(size)},
-                       "genres": list(genres), "input_size": list(size)})
+    write_config(path, model="custom-cnn", model_kwargs={"input_size": list(size)},
+                 genres=list(genres), input_size=size, dataset=None, train={})
     save_thresholds(path, {g: 0.5 for g in genres})
     return path
 
@@ -79,3 +79,30 @@ def make_small_dataset(root: Path, genres: list[str], sizes: tuple[int, int, int
                                            (48, 64)))} for i in range(n)]
         write_split(root / "ds", name, pd.DataFrame(rows), genres)
     return root / "ds"
+
+
+def train_features(dataset: Path, out: Path, size: tuple[int, int], model: str =
+                   "efficientnet-lite0", backend: str = "torch", **options) -> Path:
+    """A features-mode run (a head on cached features) at `size`; head settings such as
+    head=, pool=, hidden= go to the model, the rest to the training settings."""
+    from postergenre.train.fit import fit
+    from postergenre.train.recipes import make_config
+
+    kwargs = {"input_size": list(size)}
+    kwargs.update({k: options.pop(k) for k in ("head", "pool", "hidden", "dropout")
+                   if k in options})
+    fit(dataset, out, make_config(mode="features", model=model, model_kwargs=kwargs, **options),
+        backend=backend)
+    return out
+
+
+def train_finetune(dataset: Path, out: Path, init: Path, backend: str = "torch",
+                   resume: bool = False, **options) -> Path:
+    """A finetune-mode run from the features run `init`."""
+    from postergenre.train.fit import fit
+    from postergenre.train.recipes import make_config
+
+    config = None if resume else make_config(mode="finetune", model="efficientnet-lite0",
+                                             init=str(init), **options)
+    fit(None if resume else dataset, out, config, backend=backend, resume=resume)
+    return out

@@ -1,13 +1,17 @@
-"""`python -m postergenre.bench`: runs every benchmark script, reports failures and gaps."""
+"""`benchmarks/run_all.py`: runs every benchmark script, reports failures and gaps."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from postergenre import bench
+_spec = importlib.util.spec_from_file_location(
+    "run_all", Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 RECORDER = """import json, sys
 from pathlib import Path

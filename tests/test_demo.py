@@ -8,8 +8,8 @@ from conftest import make_tiny_run
 from PIL import Image
 from rich.console import Console
 
+from postergenre.cli.demo import run_demo
 from postergenre.data.dataset import load_genres
-from postergenre.demo import run_demo
 from postergenre.paths import sample_dir
 from postergenre.run import default_run_dir
 

@@ -18,7 +18,7 @@ from postergenre.errors import PosterGenreError
 from postergenre.evaluate.metrics import average_precision, top_k_hit, tune_thresholds
 from postergenre.models import create_model
 from postergenre.predict import Predictor
-from postergenre.run import save_config, save_weights
+from postergenre.run import save_weights, write_config
 
 GENRES = ["Comedy", "Drama", "Horror"]
 SIZE = (80, 80)
@@ -55,8 +55,8 @@ def run_dir(tmp_path_factory, dataset) -> Path:
     run = tmp_path_factory.mktemp("run")
     save_weights(create_model("custom-cnn", len(GENRES), input_size=SIZE),
                  run / "weights.safetensors")
-    save_config(run, {"model": "custom-cnn", "model_kwargs": {"input_size": list(SIZE)},
-                      "genres": GENRES, "input_size": list(SIZE), "dataset": str(dataset)})
+    write_config(run, model="custom-cnn", model_kwargs={"input_size": list(SIZE)},
+                 genres=GENRES, input_size=SIZE, dataset=dataset, train={})
     return run
 
 

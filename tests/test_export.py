@@ -11,18 +11,13 @@ import onnx
 import pytest
 import torch
 
+from postergenre.backends import OnnxBackend, TorchBackend, make_session, onnx_available
 from postergenre.errors import RunError
-from postergenre.export import (
-    OnnxBackend,
-    checked_int8,
-    export_onnx,
-    make_session,
-    onnx_available,
-    quantize_run,
-)
+from postergenre.evaluate.int8 import quantize_run
+from postergenre.export import checked_int8, export_onnx
 from postergenre.models import create_model
-from postergenre.predict import Predictor, TorchBackend
-from postergenre.run import load_run, save_config, save_weights
+from postergenre.predict import Predictor, make_backend
+from postergenre.run import load_run, save_weights, write_config
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 SIZE = (80, 76)  # the smallest input custom-cnn takes, to keep tests fast
@@ -37,8 +32,8 @@ def make_run(path: Path, model: str = "custom-cnn", seed: int = 0, **kwargs) -> 
     net = create_model(model, len(GENRES), **kwargs)
     partial = hasattr(net, "trained_keys")
     save_weights(net, path / "weights.safetensors", net.trained_keys() if partial else None)
-    save_config(path, {"model": model, "model_kwargs": kwargs, "genres": GENRES,
-                       "input_size": list(net.input_size), "partial_weights": partial})
+    write_config(path, model=model, model_kwargs=kwargs, genres=GENRES,
+                 input_size=net.input_size, dataset=None, train={}, partial_weights=partial)
     return path
 
 
@@ -66,9 +61,9 @@ def test_auto_backend_uses_onnxruntime_on_cpu(tmp_path: Path) -> None:
 
 def test_graph_is_cached_and_reexported_when_the_run_changes(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", input_size=SIZE, seed=0)
-    first = OnnxBackend(load_run(run))
+    first = make_backend(load_run(run), "onnx")
     stamp = first.path.stat().st_mtime_ns
-    again = OnnxBackend(load_run(run))
+    again = make_backend(load_run(run), "onnx")
     assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
 
     make_run(run, input_size=SIZE, seed=1)  # "retrained": new weights, same folder
@@ -138,7 +133,7 @@ def test_efficientnet_lite0_parity(tmp_path: Path) -> None:
                    head="mlp", trainable_blocks=2)
     x = random_posters(3, size)
     p_onnx = Predictor.load(run, backend="onnx").predict_proba(x)
-    p_torch = TorchBackend(load_run(run))(x)
+    p_torch = TorchBackend(load_run(run).build_model())(x)
     assert np.abs(p_onnx - p_torch).max() < 1e-4
 
 

@@ -14,7 +14,7 @@ from postergenre.train import features as F
 from postergenre.train.features import FeatureCache, FeatureSpec, cache_features, extract_features
 
 SPEC = FeatureSpec(input_size=(64, 48), pool="mean")
-FAST = {"progress": False, "backend": "torch"}  # eager: no ONNX export per test
+FAST = {"backend": "torch"}  # eager: no ONNX export per test
 
 
 pytestmark = pytest.mark.usefixtures("isolated")

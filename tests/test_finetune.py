@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_small_dataset
+from conftest import make_small_dataset, train_features, train_finetune
 from safetensors.numpy import load_file
 
 from postergenre.data.dataset import load_split
@@ -14,8 +14,7 @@ from postergenre.models import create_model
 from postergenre.predict import Predictor
 from postergenre.run import load_run, read_history
 from postergenre.train.features import FeatureSpec, extract_features
-from postergenre.train.finetune import finetune, tail_probs
-from postergenre.train.head import train_head
+from postergenre.train.sources import probs_of
 
 GENRES = ["Comedy", "Drama", "Horror"]
 SIZE = (64, 48)
@@ -30,8 +29,7 @@ def dataset(tmp_path):
 
 @pytest.fixture
 def head_run(dataset, tmp_path):
-    return train_head(dataset, tmp_path / "head", "efficientnet-lite0", input_size=SIZE,
-                      hidden=8, epochs=2, backend="torch", progress=False)
+    return train_features(dataset, tmp_path / "head", SIZE, hidden=8, epochs=2)
 
 
 def test_trunk_then_tail_equals_the_whole_network():
@@ -47,8 +45,8 @@ def test_trunk_then_tail_equals_the_whole_network():
 
 def test_finetuned_run_changes_only_the_tail_and_loads_like_any_run(dataset, head_run,
                                                                    tmp_path):
-    out = finetune(dataset, tmp_path / "ft", head_run, blocks=2, epochs=2, batch_size=8,
-                   lr=1e-2, backend="torch", progress=False)
+    out = train_finetune(dataset, tmp_path / "ft", head_run, trainable_blocks=2, epochs=2,
+                         batch_size=8, lr=1e-2)
     run = load_run(out)
     assert run.config["model_kwargs"]["trainable_blocks"] == 2
     assert [r["epoch"] for r in read_history(out)] == [1, 2]
@@ -67,17 +65,19 @@ def test_finetuned_run_changes_only_the_tail_and_loads_like_any_run(dataset, hea
     val = load_split(dataset, "val")
     served = Predictor.load(out, backend="torch").predict_files(val.paths)
     model = run.build_model()
-    spec = FeatureSpec("efficientnet-lite0", SIZE, "trunk14")
-    rows = extract_features(val.paths, spec, backend="torch", progress=False)
-    np.testing.assert_allclose(served, tail_probs(model, rows, 14), atol=2e-3)
+    spec = FeatureSpec("efficientnet-lite0", SIZE, "multi", cut=14)
+    rows = extract_features(val.paths, spec, backend="torch")
+    model.eval()
+    np.testing.assert_allclose(served, probs_of(lambda r: model.tail_logits(r, 14), rows),
+                               atol=2e-3)
 
 
 def test_resume_continues_a_killed_run_to_the_same_weights(dataset, head_run, tmp_path):
-    options = dict(blocks=1, epochs=3, batch_size=8, lr=1e-2, backend="torch", progress=False)
-    whole = finetune(dataset, tmp_path / "whole", head_run, **options)
+    options = dict(trainable_blocks=1, epochs=3, batch_size=8, lr=1e-2)
+    whole = train_finetune(dataset, tmp_path / "whole", head_run, **options)
 
     calls = {"n": 0}
-    import postergenre.train.finetune as ft
+    import postergenre.train.engine as ft
 
     real = ft.append_history
 
@@ -90,10 +90,10 @@ def test_resume_continues_a_killed_run_to_the_same_weights(dataset, head_run, tm
     ft.append_history = die_after_two
     try:
         with pytest.raises(KeyboardInterrupt):
-            finetune(dataset, tmp_path / "cut", head_run, **options)
+            train_finetune(dataset, tmp_path / "cut", head_run, **options)
     finally:
         ft.append_history = real
-    resumed = finetune(dataset, tmp_path / "cut", head_run, resume=True, progress=False)
+    resumed = train_finetune(dataset, tmp_path / "cut", head_run, resume=True)
     assert [r["epoch"] for r in read_history(resumed)] == [1, 2, 3]
     a, b = (load_file(str(p / "weights.safetensors")) for p in (whole, resumed))
     assert a.keys() == b.keys()
@@ -102,13 +102,15 @@ def test_resume_continues_a_killed_run_to_the_same_weights(dataset, head_run, tm
 
 def test_bad_starting_points_are_refused(dataset, head_run, tmp_path):
     with pytest.raises(PosterGenreError, match="blocks must be between"):
-        finetune(dataset, tmp_path / "a", head_run, blocks=0, backend="torch", progress=False)
-    out = finetune(dataset, tmp_path / "b", head_run, blocks=1, epochs=1, batch_size=8,
-                   backend="torch", progress=False)
+        train_finetune(dataset, tmp_path / "a", head_run, trainable_blocks=0)
+    out = train_finetune(dataset, tmp_path / "b", head_run, trainable_blocks=1, epochs=1,
+                         batch_size=8)
     with pytest.raises(PosterGenreError, match="already holds a run"):
-        finetune(dataset, out, head_run, backend="torch", progress=False)
-    with pytest.raises(PosterGenreError, match="plain frozen-feature run"):
-        finetune(dataset, tmp_path / "c", out, backend="torch", progress=False)
+        train_finetune(dataset, out, head_run)
+    with pytest.raises(PosterGenreError, match="trained in features mode"):
+        train_finetune(dataset, tmp_path / "c", out)
+    with pytest.raises(PosterGenreError, match="is an input of this run"):
+        train_finetune(dataset, head_run.parent / "head", head_run)
 
 
 def test_cli_init_fine_tunes_and_resume_finds_the_same_path(dataset, head_run, tmp_path):
@@ -118,17 +120,17 @@ def test_cli_init_fine_tunes_and_resume_finds_the_same_path(dataset, head_run, t
 
     out = tmp_path / "cli"
     args = ["train", "--data", str(dataset), "--model", "efficientnet-lite0", "--init",
-            str(head_run), "--freeze", "1", "--epochs", "1", "--batch-size", "8", "--out",
+            str(head_run), "--trainable-blocks", "1", "--epochs", "1", "--batch-size", "8", "--out",
             str(out), "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "1 epochs" in result.output
-    assert load_run(out).config["training"]["mode"] == "finetune"
+    assert load_run(out).config["train"]["mode"] == "finetune"
     result = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert [r["epoch"] for r in read_history(out)] == [1]  # finished: nothing more to do
 
-    bad = CliRunner().invoke(app, ["train", "--data", str(dataset), "--model",
-                                   "efficientnet-lite0", "--init", str(head_run), "--freeze",
-                                   "all", "--out", str(tmp_path / "x")])
-    assert bad.exit_code != 0 and "--freeze N" in str(bad.exception)
+    bad = CliRunner().invoke(app, ["train", "--data", str(dataset), "--init", str(head_run),
+                                   "--augment", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "--augment does not apply to finetune" in str(bad.exception)
+    assert not (tmp_path / "x").exists()

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_poster, make_small_dataset
+from conftest import make_poster, make_small_dataset, train_features
 from safetensors.numpy import load_file
 
 from postergenre.errors import PosterGenreError
-from postergenre.models.efficientnet import make_head
 from postergenre.predict import Predictor
 from postergenre.run import load_run, read_history
 from postergenre.train.features import FeatureSpec, extract_features
-from postergenre.train.head import fit_head, head_probs, train_head
+from postergenre.train.sources import probs_of
 
 GENRES = ["Comedy", "Drama", "Horror"]
 SIZE = (64, 48)
@@ -27,26 +26,11 @@ def dataset(tmp_path):
     return make_small_dataset(tmp_path, GENRES)
 
 
-def test_fit_head_learns_a_separable_problem():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(600, 20)).astype(np.float32)
-    y = np.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 0] + x[:, 2] > 1], 1).astype(np.float32)
-    head = make_head(20, 3, "mlp", hidden=16, dropout=0.1)
-    history = fit_head(head, x[:400], y[:400], x[400:], y[400:], epochs=40, lr=1e-2, patience=40)
-    assert history[-1]["val_macro_ap"] > 0.9
-    best = max(h["val_macro_ap"] for h in history)
-    probs = head_probs(head, x[400:])
-    from postergenre.train.head import val_scores
-
-    assert val_scores(y[400:], probs)["val_macro_ap"] == pytest.approx(best)  # best epoch kept
-
-
 @pytest.mark.parametrize("options", [{"head": "linear"},
                                      {"head": "mlp", "pool": "meanmax", "flip": True,
                                       "hidden": 8, "loss": "asl", "pos_weight": True}])
 def test_run_predicts_what_the_cached_features_predict(dataset, tmp_path, options):
-    out = train_head(dataset, tmp_path / "run", "efficientnet-lite0", input_size=SIZE, epochs=3,
-                     backend="torch", progress=False, **options)
+    out = train_features(dataset, tmp_path / "run", SIZE, epochs=3, **options)
     run = load_run(out)
     assert run.config["partial_weights"] and set(run.thresholds) == set(GENRES)
     assert all(k.startswith("head.") for k in load_file(str(out / "weights.safetensors")))
@@ -55,16 +39,17 @@ def test_run_predicts_what_the_cached_features_predict(dataset, tmp_path, option
     probs = Predictor.load(out, backend="torch").predict_files(val)
     model = run.build_model()
     spec = FeatureSpec(input_size=SIZE, pool="multi")
-    x = extract_features(val, spec, progress=False, backend="torch")[:, :model.feature_dim]
+    x = extract_features(val, spec, backend="torch")[:, :model.feature_dim]
     if options.get("flip"):
         flipped = FeatureSpec(input_size=SIZE, pool="multi", flip=True)
-        x = (x + extract_features(val, flipped, progress=False)[:, :model.feature_dim]) / 2
-    np.testing.assert_allclose(probs, head_probs(model.head, x), rtol=1e-4, atol=1e-5)
+        x = (x + extract_features(val, flipped)[:, :model.feature_dim]) / 2
+    np.testing.assert_allclose(probs, probs_of(model.head, x), rtol=1e-4, atol=1e-5)
 
 
-def test_only_efficientnet_models(dataset, tmp_path):
-    with pytest.raises(PosterGenreError, match="efficientnet"):
-        train_head(dataset, tmp_path / "run", "custom-cnn")
+def test_only_models_that_declare_the_mode(dataset, tmp_path):
+    with pytest.raises(PosterGenreError, match="cannot train in features mode"):
+        train_features(dataset, tmp_path / "run", (80, 80), model="custom-cnn")
+    assert not (tmp_path / "run").exists()  # checked before anything is written
 
 
 def test_shipped_model_is_a_small_fine_tuned_lite0_run(tmp_path):
@@ -83,10 +68,10 @@ def test_shipped_model_is_a_small_fine_tuned_lite0_run(tmp_path):
     probs = Predictor.load(None, backend="torch").predict_files(posters)
     assert probs.shape == (2, len(run.genres)) and ((probs > 0) & (probs < 1)).all()
     pytest.importorskip("onnxruntime")
-    from postergenre.export import OnnxBackend
+    from postergenre.predict import make_backend
 
     x = Predictor.load(None, backend="torch").load_batch(posters)
-    default = OnnxBackend(run)  # int8 only with a passed check in the run (int8.json)
+    default = make_backend(run, "onnx")  # int8 only with a passed check in the run (int8.json)
     assert default.int8 == (default_run_dir() / "int8.json").is_file()
     np.testing.assert_allclose(default(x), probs, atol=1e-4 if not default.int8 else 0.1)
 

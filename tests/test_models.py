@@ -34,7 +34,7 @@ def test_custom_cnn_is_the_original_architecture():
 def test_custom_cnn_small_input_and_too_small():
     assert create_model("custom-cnn", 3, input_size=(76, 76))(torch.rand(1, 3, 76, 76)).shape \
         == (1, 3)
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(PosterGenreError, match="too small"):
         create_model("custom-cnn", 3, input_size=(60, 60))
 
 

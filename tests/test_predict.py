@@ -167,3 +167,31 @@ def test_float16_weights_load_back_and_predict_nearly_the_same(tiny_run, posters
     full = P.Predictor.load(tiny_run, backend="torch").predict_files(files)
     small = P.Predictor.load(half, backend="torch").predict_files(files)
     assert small.dtype == np.float32 and 0 < np.abs(full - small).max() < 1e-2
+
+
+def test_titles_of_the_shipped_models_dataset_are_found(tmp_path, monkeypatch):
+    """The shipped model keeps the older layout (its dataset inside "training"): predict
+    still finds the titles of that dataset's posters."""
+    from conftest import make_small_dataset
+
+    from postergenre.run import load_run
+
+    shipped = load_run(None)
+    assert "training" not in shipped.config and shipped.dataset  # read into the fixed keys
+    where = tmp_path / Path(shipped.dataset)
+    dataset = make_small_dataset(where.parent / "build", shipped.genres[:3], (3, 1, 1))
+    dataset.rename(where)
+    monkeypatch.chdir(tmp_path)
+    poster = where.parent / "build" / "p" / "0.jpg"
+    result = CliRunner().invoke(app, ["predict", str(poster), "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("t0 ")  # the title, not the file name
+
+
+def test_titles_of_a_features_run_are_found(tmp_path):
+    from conftest import make_small_dataset, train_features
+
+    dataset = make_small_dataset(tmp_path, ["Comedy", "Drama"], (4, 2, 1))
+    run = train_features(dataset, tmp_path / "run", (64, 48), epochs=1, hidden=4)
+    titles = P.load_titles(None, P.load_run(run))
+    assert titles[0] == "t0" and titles[200] == "t0"

@@ -13,9 +13,10 @@ from PIL import Image
 from rich.console import Console
 from sklearn.preprocessing import MultiLabelBinarizer
 
+from postergenre.cli.tables import genre_table, render_cleaning_report
 from postergenre.data.dataset import SPLITS, load_genres, load_split
-from postergenre.data.prepare import prepare_dataset, render_cleaning_report, split_indices
-from postergenre.data.stats import genre_table, plot_genre_distribution, prior_top3_hit
+from postergenre.data.prepare import prepare_dataset, split_indices
+from postergenre.data.stats import plot_genre_distribution, prior_top3_hit
 from postergenre.genres import parse_genres
 from postergenre.paths import sample_dir
 
@@ -54,7 +55,7 @@ def make_inputs(root: Path, n: int = 40, seed: int = 0) -> tuple[Path, Path, lis
 def prepared(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("prep")
     labels, posters, rows = make_inputs(root)
-    report = prepare_dataset(labels, posters, root / "ds", seed=0, workers=2, progress=False)
+    report = prepare_dataset(labels, posters, root / "ds", seed=0, workers=2)
     return report, root / "ds", rows
 
 
@@ -101,8 +102,8 @@ def test_splits_are_disjoint_sized_by_ratio_and_reproducible(tmp_path: Path, pre
     assert not (ids["val"] & ids["test"])
     assert sum(report.splits.values()) == 40 and report.splits["val"] == 6
     labels, posters, _ = make_inputs(tmp_path)
-    again = prepare_dataset(labels, posters, tmp_path / "a", seed=0, progress=False)
-    prepare_dataset(labels, posters, tmp_path / "b", seed=1, progress=False)
+    again = prepare_dataset(labels, posters, tmp_path / "a", seed=0)
+    prepare_dataset(labels, posters, tmp_path / "b", seed=1)
     assert again.splits == report.splits
     for s in SPLITS:
         assert set(load_split(tmp_path / "a", s).ids) == ids[s]
@@ -111,8 +112,7 @@ def test_splits_are_disjoint_sized_by_ratio_and_reproducible(tmp_path: Path, pre
 
 def test_split_ratios_are_options(tmp_path: Path) -> None:
     labels, posters, _ = make_inputs(tmp_path)
-    report = prepare_dataset(labels, posters, tmp_path / "ds", val=0.25, test=0.0,
-                             progress=False)
+    report = prepare_dataset(labels, posters, tmp_path / "ds", val=0.25, test=0.0)
     assert report.splits == {"train": 30, "val": 10, "test": 0}
     assert len(load_split(tmp_path / "ds", "test")) == 0
     card = json.loads((tmp_path / "ds" / "card.json").read_text())  # strict JSON: no NaN
@@ -171,8 +171,7 @@ def test_stats_plot_is_a_png(prepared, tmp_path: Path) -> None:
 def test_bundled_sample_exercises_cleaning(tmp_path: Path) -> None:
     sample = sample_dir()
     assert len(list((sample / "posters").iterdir())) <= 36
-    report = prepare_dataset(sample / "movies.csv", sample / "posters", tmp_path / "ds",
-                             progress=False)
+    report = prepare_dataset(sample / "movies.csv", sample / "posters", tmp_path / "ds")
     assert report.layout == "kaggle" and report.balanced
     assert report.rows["missing_genre"] == report.rows["duplicate_id"] == 1
     assert report.rows["poster_missing"] == 1 and len(report.duplicate_conflicts) == 1
@@ -185,7 +184,7 @@ def test_bundled_sample_exercises_cleaning(tmp_path: Path) -> None:
 @pytest.mark.realdata
 def test_real_data_is_fully_accounted_for(real_data: Path, tmp_path: Path) -> None:
     report = prepare_dataset(real_data / "movies.csv", real_data / "posters", tmp_path / "ds",
-                             workers=2, progress=False)
+                             workers=2)
     assert report.rows_total == 37_048 and report.posters_total == 16_000
     assert report.balanced
     assert report.rows["missing_genre"] == 118 and report.rows["duplicate_id"] == 571

@@ -21,8 +21,7 @@ N_TEST = 800  # a fixed sample of the test split, enough to separate model and p
 @pytest.mark.skipif(not (default_run_dir() / "config.json").is_file(), reason="no shipped model")
 def test_shipped_model_beats_the_prior_on_the_test_split(real_data: Path, tmp_path: Path):
     dataset = tmp_path / "ds"
-    prepare_dataset(real_data / "movies.csv", real_data / "posters", dataset, seed=0,
-                    progress=False)
+    prepare_dataset(real_data / "movies.csv", real_data / "posters", dataset, seed=0)
     train, test = load_split(dataset, "train"), load_split(dataset, "test")
     test = test.subset(np.linspace(0, len(test) - 1, N_TEST).astype(int))
 

@@ -17,7 +17,7 @@ from postergenre.data.dataset import write_genres, write_split
 from postergenre.errors import PosterGenreError, RunError
 from postergenre.run import load_run, read_history
 from postergenre.train.augment import apply_affine, random_affine
-from postergenre.train.loop import train
+from postergenre.train.fit import fit as train
 from postergenre.train.recipes import RECIPES, make_config
 
 GENRES = ["Action", "Comedy", "Drama"]
@@ -52,7 +52,7 @@ def tiny_config(**kw):
 
 def test_train_writes_a_complete_run(tmp_path):
     data = make_dataset(tmp_path / "data")
-    summary = train(data, tmp_path / "run", tiny_config(), progress=False)
+    summary = train(data, tmp_path / "run", tiny_config())
     run = load_run(tmp_path / "run")
     assert run.genres == GENRES and run.input_size == (76, 76)
     assert set(run.thresholds) == set(GENRES)
@@ -66,8 +66,7 @@ def test_train_writes_a_complete_run(tmp_path):
 def test_same_seed_same_weights_other_seed_differs(tmp_path):
     data = make_dataset(tmp_path / "data")
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        train(data, tmp_path / name, tiny_config(epochs=1, seed=seed, augment=True),
-              progress=False)
+        train(data, tmp_path / name, tiny_config(epochs=1, seed=seed, augment=True))
     a, b, c = (load_file(str(tmp_path / n / "weights.safetensors")) for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -76,16 +75,16 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
 def test_resumed_run_ends_with_the_same_weights(tmp_path):
     data = make_dataset(tmp_path / "data")
     config = tiny_config(epochs=3, augment=True, resample=0.5, schedule="cosine")
-    train(data, tmp_path / "full", config, progress=False)
+    train(data, tmp_path / "full", config)
 
     def kill_after_first(record):
         if record["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(data, tmp_path / "cut", config, progress=False, on_epoch_end=kill_after_first)
+        train(data, tmp_path / "cut", config, on_epoch_end=kill_after_first)
     assert len(read_history(tmp_path / "cut")) == 1
-    train(None, tmp_path / "cut", resume=True, progress=False)
+    train(None, tmp_path / "cut", resume=True)
     full = load_file(str(tmp_path / "full" / "weights.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "weights.safetensors"))
     assert all(torch.equal(full[k], cut[k]) for k in full)
@@ -97,8 +96,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
 def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path):
     data = make_dataset(tmp_path / "data")
-    summary = train(data, tmp_path / "run", tiny_config(epochs=30, patience=1, lr=1e-9),
-                    progress=False)
+    summary = train(data, tmp_path / "run", tiny_config(epochs=30, patience=1, lr=1e-9))
     assert summary["epochs"] < 30
     history = read_history(tmp_path / "run")
     assert summary["best_epoch"] == 1 + int(np.argmax([r["val_macro_ap"] for r in history]))
@@ -106,18 +104,20 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path):
 
 def test_existing_run_is_not_overwritten(tmp_path):
     data = make_dataset(tmp_path / "data")
-    train(data, tmp_path / "run", tiny_config(epochs=1), progress=False)
+    train(data, tmp_path / "run", tiny_config(epochs=1))
     with pytest.raises(RunError, match="already holds a run"):
-        train(data, tmp_path / "run", tiny_config(epochs=1), progress=False)
-    with pytest.raises(RunError, match="not a run"):
-        train(None, tmp_path / "nothing", resume=True, progress=False)
+        train(data, tmp_path / "run", tiny_config(epochs=1))
+    with pytest.raises(RunError, match="no run to resume"):
+        train(None, tmp_path / "nothing", resume=True)
     # killed before its first checkpoint: --resume starts it over with its stored settings
     shutil.rmtree(tmp_path / "run" / "checkpoint")
-    assert train(None, tmp_path / "run", resume=True, progress=False)["epochs"] == 1
+    assert train(None, tmp_path / "run", resume=True)["epochs"] == 1
 
 
 def test_recipes_and_overrides():
-    assert make_config("seed-custom").optimizer == "adam"
+    custom = make_config("seed-custom")  # the notebook: Adam 1e-3, batch 64, 30 epochs, plain
+    assert (custom.optimizer, custom.lr, custom.batch_size, custom.epochs, custom.augment,
+            custom.weight_decay, custom.patience) == ("adam", 1e-3, 64, 30, False, 0.0, 0)
     vgg = make_config("seed-vgg16", epochs=2)
     assert (vgg.model, vgg.optimizer, vgg.lr, vgg.epochs, vgg.batch_size, vgg.augment) == (
         "vgg16", "rmsprop", 1e-4, 2, 64, True)
@@ -177,10 +177,9 @@ def test_cli_trains_and_resumes(tmp_path):
 
 def test_time_limit_stops_early_and_resume_finishes(tmp_path):
     data = make_dataset(tmp_path / "data")
-    summary = train(data, tmp_path / "run", tiny_config(epochs=3), progress=False,
-                    time_limit=1e-9)
+    summary = train(data, tmp_path / "run", tiny_config(epochs=3), time_limit=1e-9)
     assert summary["epochs"] == 1 and (tmp_path / "run" / "thresholds.json").is_file()
-    assert train(None, tmp_path / "run", resume=True, progress=False)["epochs"] == 3
+    assert train(None, tmp_path / "run", resume=True)["epochs"] == 3
 
 
 @pytest.mark.slow

@@ -35,8 +35,3 @@ def multi_hot(label_sets: Sequence[Iterable[str]], vocabulary: Sequence[str]) ->
             if g in index:
                 y[row, index[g]] = 1
     return y
-
-
-def decode(y_row: Sequence[int] | np.ndarray, vocabulary: Sequence[str]) -> list[str]:
-    """Inverse of multi_hot for one row."""
-    return [g for g, v in zip(vocabulary, y_row, strict=True) if v]

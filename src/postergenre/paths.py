@@ -5,16 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SHARED_DATA = Path("../shared/data")
-
-
-def default_data_dir() -> Path | None:
-    """`../shared/data` (relative to the working directory) when it exists, else None."""
-    env = os.environ.get("POSTERGENRE_DATA")
-    if env:
-        return Path(env)
-    return SHARED_DATA if SHARED_DATA.is_dir() else None
-
 
 def cache_dir() -> Path:
     """Where derived files (feature caches, ONNX graphs) live; POSTERGENRE_CACHE overrides."""

@@ -2,7 +2,7 @@
 
 Plain arrays in and out: `predict_proba` takes a (N, 3, H, W) float array/tensor in [0, 1]
 (what `data.images.load_poster` makes) and returns (N, n_genres) probabilities.
-Two backends compute the same numbers: PyTorch eager, and onnxruntime (export.py).
+The backends (backends.py) compute the same numbers: PyTorch eager, and onnxruntime.
 
 Around it, what `postergenre predict` needs: inputs expanded from files, folders and URLs
 (`expand_inputs`, `fetch_url`), titles looked up by the imdbId in a file name (`load_titles`),
@@ -24,40 +24,30 @@ import httpx
 import numpy as np
 import torch
 
-from postergenre.data.images import PosterSource, load_poster_array, load_poster_batch
+from postergenre.backends import BACKENDS, OnnxBackend, TorchBackend, onnx_available
+from postergenre.data.images import (
+    IMAGE_SUFFIXES,
+    PosterSource,
+    load_poster_array,
+    load_poster_batch,
+)
 from postergenre.errors import InvalidImageError, PosterGenreError
 from postergenre.run import Run, load_run
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-fp32")
-
-
-class TorchBackend:
-    """Runs the run's PyTorch model."""
-
-    name = "torch"
-
-    def __init__(self, run: Run, device: str = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = run.build_model(self.device)
-
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
-        return torch.sigmoid(self.model(x)).float().cpu().numpy()
-
 
 def make_backend(run: Run, backend: str = "auto", device: str = "cpu"):
-    """'torch'; 'onnx' (onnxruntime, with the run's int8 graph when its check passed);
-    'onnx-fp32' (onnxruntime, never int8); or 'auto' ('onnx' when onnxruntime is installed and
-    the device is the CPU, else 'torch')."""
+    """The run's model behind one of `BACKENDS` (backends.py): for onnx, the run's checked
+    int8 graph when it has one (and `backend` is not 'onnx-fp32'), else its fp32 graph."""
     if backend not in BACKENDS:
-        raise PosterGenreError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if backend.startswith("onnx") or (backend == "auto" and device == "cpu"):
-        from postergenre.export import OnnxBackend, onnx_available
+        raise PosterGenreError(f"--backend must be one of {', '.join(BACKENDS)}, "
+                               f"not {backend!r}")
+    if backend.startswith("onnx") or (backend == "auto" and device == "cpu"
+                                      and onnx_available()):
+        from postergenre.export import cached_onnx, checked_int8
 
-        if backend != "auto" or onnx_available():
-            return OnnxBackend(run, int8=backend != "onnx-fp32")
-    return TorchBackend(run, device)
+        int8 = checked_int8(run) if backend != "onnx-fp32" else None
+        return OnnxBackend(int8 or cached_onnx(run), int8=int8 is not None)
+    return TorchBackend(run.build_model(device), device)
 
 
 class Predictor:
@@ -111,7 +101,6 @@ class Predictor:
 
 # --- inputs: files, folders, URLs ----------------------------------------------------------
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 URL_TIMEOUT_S = 15.0
 MAX_URL_BYTES = 20 * 1024 * 1024
 
@@ -168,7 +157,7 @@ def load_titles(labels: str | os.PathLike | None = None, run: Run | None = None)
     """imdbId -> title, from a labels CSV (MovieGenre.csv or imdbId,Title,Genre) and/or the
     splits of the dataset the run was trained on (its config's "dataset", when still present)."""
     titles: dict[int, str] = {}
-    dataset = (run.config.get("dataset") if run is not None else None) or None
+    dataset = run.dataset if run is not None else None
     if dataset and Path(dataset).is_dir():
         from postergenre.data.dataset import SPLITS, load_split
 

@@ -1,7 +1,9 @@
 """The run directory: what `train` writes and `evaluate`, `predict`, `serve` and `export` read.
 
     RUN/
-      config.json          model name and kwargs, genres, input size, training settings
+      config.json          fixed keys: "model", "model_kwargs", "genres", "input_size",
+                           "dataset", "partial_weights", "train" (the TrainConfig, its "mode"
+                           included); optional "backbone_weights"
       weights.safetensors  the best weights; with "partial_weights": true in the config only the
                            trained tensors are stored and the rest (a pretrained ImageNet
                            backbone) comes from the model's builder
@@ -11,6 +13,10 @@
       metrics.json, report.html   written by `evaluate`
 
 The shipped model is a run directory inside the package (`postergenre/assets/default`).
+`write_config` is the one writer of config.json and `load_run` the one reader; older layouts
+(training settings under "training", the dataset inside them) are read into the same keys.
+A folder with a config.json but neither weights nor a checkpoint is a failed start, not a run:
+`holds_run` says which, so that a corrected command can reuse the folder.
 """
 
 from __future__ import annotations
@@ -57,6 +63,15 @@ class Run:
     def input_size(self) -> tuple[int, int]:
         return tuple(self.config["input_size"])  # type: ignore[return-value]
 
+    @property
+    def dataset(self) -> str | None:
+        """The dataset folder the run was trained on, as recorded (it may have moved since)."""
+        return self.config.get("dataset")
+
+    @property
+    def train_settings(self) -> dict[str, Any]:
+        return dict(self.config.get("train", {}))
+
     def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
         """The model with its weights, in eval mode."""
         from postergenre.models import create_model
@@ -74,6 +89,12 @@ def load_weights(model: nn.Module, path: Path, partial: bool = False) -> None:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises several types for a bad file
         raise RunError(f"{path}: not a readable safetensors file ({e})") from None
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise RunError(f"{path}: weights do not fit the model in config.json ({wrong[0]} is "
+                       f"{tuple(state[wrong[0]].shape)}, the model needs "
+                       f"{tuple(expected[wrong[0]].shape)})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or (missing and not partial):
         bad = (unexpected or missing)[:3]
@@ -96,6 +117,32 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path,
     tmp.replace(path)
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({getattr(e, 'msg', None) or e.reason})") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Older layouts into the fixed keys: "training" -> "train", its "dataset" -> top level."""
+    config = dict(config)
+    if "training" in config and "train" not in config:
+        config["train"] = config.pop("training")
+    train = dict(config.get("train") or {})
+    if "mode" not in train:
+        train["mode"] = "end-to-end"
+    elif train["mode"] == "frozen-features":
+        train["mode"] = "features"
+    config["train"] = train
+    config.setdefault("dataset", train.get("dataset"))
+    config.setdefault("model_kwargs", {})
+    config.setdefault("partial_weights", False)
+    return config
+
+
 def load_run(path: str | Path | None = None) -> Run:
     """Read a run directory; None means the shipped model."""
     run_dir = Path(path) if path is not None else default_run_dir()
@@ -103,21 +150,36 @@ def load_run(path: str | Path | None = None) -> Run:
     if not config_path.is_file():
         what = "shipped model is missing" if path is None else "not a run folder (no config.json)"
         raise RunError(f"{run_dir}: {what}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunError(f"{config_path}: invalid JSON ({e.msg})") from None
+    config = _read_json(config_path)
+    if not isinstance(config, dict):
+        raise RunError(f"{config_path}: expected a JSON object")
     for key in ("model", "genres", "input_size"):
         if key not in config:
             raise RunError(f"{config_path}: missing {key!r}")
     thresholds: dict[str, float] = {}
     if (run_dir / THRESHOLDS).is_file():
-        thresholds = json.loads((run_dir / THRESHOLDS).read_text(encoding="utf-8"))
-    return Run(run_dir, config, thresholds)
+        thresholds = _read_json(run_dir / THRESHOLDS)
+        if not isinstance(thresholds, dict) or not all(
+                isinstance(v, int | float) for v in thresholds.values()):
+            raise RunError(f"{run_dir / THRESHOLDS}: expected an object of genre: number")
+    return Run(run_dir, normalise_config(config), thresholds)
 
 
-def save_config(run_dir: Path, config: dict[str, Any]) -> None:
-    atomic_write_json(run_dir / CONFIG, config)
+def write_config(run_dir: Path, *, model: str, model_kwargs: dict[str, Any], genres: list[str],
+                 input_size: tuple[int, int], dataset: str | Path | None,
+                 train: dict[str, Any], partial_weights: bool = False) -> None:
+    """The one writer of RUN/config.json (atomic)."""
+    atomic_write_json(run_dir / CONFIG, {
+        "model": model, "model_kwargs": model_kwargs, "genres": list(genres),
+        "input_size": list(input_size), "dataset": str(dataset) if dataset else None,
+        "partial_weights": partial_weights, "train": train})
+
+
+def holds_run(run_dir: Path) -> bool:
+    """True when the folder holds a run (trained weights or a checkpoint), not only the
+    config.json of a start that failed."""
+    return (run_dir / CONFIG).is_file() and (
+        (run_dir / WEIGHTS).is_file() or (run_dir / "checkpoint" / "latest.json").is_file())
 
 
 def save_thresholds(run_dir: Path, thresholds: dict[str, float]) -> None:

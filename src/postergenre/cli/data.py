@@ -87,10 +87,13 @@ def prepare(
     """
     from rich.console import Console
 
-    from postergenre.data.prepare import prepare_dataset, render_cleaning_report
+    from postergenre.cli.progress import RichProgress
+    from postergenre.cli.tables import render_cleaning_report
+    from postergenre.data.prepare import prepare_dataset
 
-    report = prepare_dataset(labels, posters, out, seed=seed, val=val, test=test,
-                             workers=workers or None)
+    with RichProgress() as bars:
+        report = prepare_dataset(labels, posters, out, seed=seed, val=val, test=test,
+                                 workers=workers or None, progress=bars)
     console = Console()
     console.print(render_cleaning_report(report))
     prior = ", ".join(f"{k} {v:.3f}" for k, v in report.prior_top3_hit.items())
@@ -108,7 +111,8 @@ def stats(
     """Print movies per genre in each split with the prior baseline, and write a genre plot."""
     from rich.console import Console
 
-    from postergenre.data.stats import genre_table, plot_genre_distribution
+    from postergenre.cli.tables import genre_table
+    from postergenre.data.stats import plot_genre_distribution
 
     console = Console()
     console.print(genre_table(dataset))

@@ -1,10 +1,98 @@
-"""`postergenre demo`."""
+"""`postergenre demo`: the bundled sample through the data pipeline, then the shipped model.
+
+`postergenre demo` (and `make demo`) runs it: it cleans and splits the sample (printing the
+cleaning report and the genre table), predicts the top-3 genres of every sample poster with the
+model shipped in the package, prints them in the original project's style, and draws the
+posters with their predicted and true genres into one picture.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import typer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from postergenre.cli.tables import genre_table, render_cleaning_report  # noqa: E402
+from postergenre.data.dataset import SPLITS, load_split  # noqa: E402
+from postergenre.data.images import open_poster  # noqa: E402
+from postergenre.data.prepare import prepare_dataset  # noqa: E402
+from postergenre.io import atomic_open, ensure_writable_dir  # noqa: E402
+from postergenre.paths import sample_dir  # noqa: E402
+from postergenre.predict import Predictor, format_table_row, predict_stream  # noqa: E402
+
+
+def draw_predictions(posters: Sequence[Path], titles: Sequence[str],
+                     top: Sequence[list[tuple[str, float]]], truth: Sequence[list[str]],
+                     out: Path, columns: int = 6) -> Path:
+    """A grid of posters, each captioned with its top-3 genres and (in grey) its true genres."""
+    rows = -(-len(posters) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.4, rows * 4.4), squeeze=False,
+                             gridspec_kw={"hspace": 0.55, "wspace": 0.1})
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, title, best, true in zip(axes.flat, posters, titles, top, truth, strict=False):
+        ax.imshow(open_poster(path))
+        hit = any(g in true for g, _ in best)
+        ax.set_title(title if len(title) <= 26 else title[:25] + "…", fontsize=8,
+                     fontweight="bold")
+        caption = "\n".join(f"{g} {p:.2f}{' ✓' if g in true else ''}" for g, p in best)
+        below = {"xy": (0.5, 0), "xycoords": "axes fraction", "textcoords": "offset points",
+                 "ha": "center", "va": "top"}
+        ax.annotate(caption, xytext=(0, -3), fontsize=8,
+                    color="#1a7f37" if hit else "#b42318", **below)
+        ax.annotate("true: " + ", ".join(true), xytext=(0, -37), fontsize=6.5,
+                    color="#555555", **below)
+    fig.suptitle("Top-3 predicted genres (✓ = a true genre; green: at least one right)",
+                 fontsize=12, y=0.995)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.03)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+    return out
+
+
+def run_demo(out: str | Path = "demo-output", model: str | Path | None = None,
+             console: Console | None = None) -> Path:
+    """Run the demo into `out`; returns the path of the picture."""
+    console = console or Console()
+    out = ensure_writable_dir(out)
+    sample = sample_dir()
+
+    console.rule("1. Data pipeline on the bundled sample")
+    report = prepare_dataset(sample / "movies.csv", sample / "posters", out / "dataset")
+    console.print(render_cleaning_report(report))
+    console.print(genre_table(out / "dataset"))
+
+    console.rule("2. Genres predicted by the shipped model" if model is None else
+                 f"2. Genres predicted by {model}")
+    predictor = Predictor.load(model)
+    splits = [load_split(out / "dataset", name) for name in SPLITS]
+    paths = [str(p) for s in splits for p in s.paths]
+    titles = [t for s in splits for t in s.titles]
+    truth = [[g for g, v in zip(s.genres, row, strict=True) if v] for s in splits
+             for row in s.labels]
+    order = sorted(range(len(paths)), key=lambda i: titles[i])
+    paths, titles, truth = ([x[i] for i in order] for x in (paths, titles, truth))
+
+    probabilities = [p.probabilities for p in predict_stream(predictor, paths)]
+    top = [predictor.top_k(p[None], 3)[0] for p in probabilities]
+    width = max(len(t) for t in titles)
+    for title, best in zip(titles, top, strict=True):
+        console.print(format_table_row(title, best, width), highlight=False, markup=False,
+                      soft_wrap=True)
+    hits = sum(any(g in true for g, _ in best) for best, true in zip(top, truth, strict=True))
+    console.print(f"\ntop-3 hit on these {len(paths)} posters: {hits}/{len(paths)}")
+
+    picture = draw_predictions([Path(p) for p in paths], titles, top, truth,
+                               out / "predictions.png")
+    console.print(f"picture: {picture}")
+    return picture
 
 
 def demo(
@@ -17,6 +105,4 @@ def demo(
     Cleans and splits the sample (prints the cleaning report and the genre table), predicts
     the top-3 genres of each poster with the shipped model, and writes OUT/predictions.png.
     """
-    from postergenre.demo import run_demo
-
     run_demo(out, model)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from postergenre.cli.predict import progress_bar
+from postergenre.backends import BACKEND_HELP
+from postergenre.cli.progress import progress_bar
 
 SPLITS = ("train", "val", "test")
 
@@ -22,9 +23,7 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--bootstrap", min=0,
                                help="Bootstrap resamples for the 95% intervals (0: none)."),
     no_report: bool = typer.Option(False, "--no-report", help="Write metrics.json only."),
-    backend: str = typer.Option(
-        "auto", "--backend",
-        help="auto (onnx when installed), torch, onnx (int8 when checked) or onnx-fp32."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Score a run on a dataset split, every metric beside the prior baseline.
 
@@ -33,13 +32,13 @@ def evaluate(
     bootstrap 95% intervals. Writes metrics.json and a self-contained report.html.
     """
     from postergenre.data.dataset import load_split
-    from postergenre.evaluate import evaluate_run
     from postergenre.run import load_run
+    from postergenre.scoring import evaluate_run
 
     if split not in SPLITS:
         raise typer.BadParameter(f"must be one of {', '.join(SPLITS)}", param_hint="--split")
     r = load_run(run)  # a bad run folder is reported before anything else
-    dataset = data or (r.config.get("dataset") or r.config.get("training", {}).get("dataset"))
+    dataset = data or r.dataset
     total = 0
     if dataset:  # the split, plus val when thresholds must be tuned there
         total = len(load_split(dataset, split))
@@ -63,12 +62,13 @@ def _print_summary(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from postergenre.evaluate.metrics import HEADLINE
+
     model, prior = results["model"], results["prior"]
     table = Table(title=f"{results['split']} split: {model['n_posters']} posters")
     for column in ("metric", "model", "prior"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    for key in ("top3_hit", "macro_ap", "micro_ap", "macro_roc_auc", "macro_f1", "micro_f1",
-                "samples_f1", "hamming_loss", "precision_at_1", "precision_at_3", "recall_at_3"):
+    for key, *_ in HEADLINE:
         cells = []
         for res in (model, prior):
             value = res.get(key)

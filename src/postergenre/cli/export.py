@@ -16,7 +16,7 @@ def export(
         help="The run folder to export (omit it for the shipped model), then the output file.",
     ),
     onnx: bool = typer.Option(True, "--onnx", help="Write an ONNX graph (the only format)."),
-    opset: int = typer.Option(17, help="ONNX opset version."),
+    opset: int = typer.Option(17, help="ONNX opset version (9 to 20)."),
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Compare the graph with PyTorch on random posters."),
     int8: Path | None = typer.Option(
@@ -36,8 +36,8 @@ def export(
 
     With --int8 the graph is quantised and kept only if it passes a check on held-out posters.
     """
-    from postergenre.export import export_onnx, make_session, run_metadata
-    from postergenre.predict import TorchBackend
+    from postergenre.backends import TorchBackend, make_session
+    from postergenre.export import export_onnx, run_metadata
     from postergenre.run import load_run
 
     if len(paths) not in (1, 2):
@@ -46,9 +46,14 @@ def export(
     if out.is_dir():
         raise PosterGenreError(f"{out}: is a folder; give a file name such as model.onnx")
     run = load_run(run_dir)
+    if out.resolve().parent == run.path.resolve():
+        raise PosterGenreError(f"{out}: is inside the run folder {run.path}; write the graph "
+                               "elsewhere (an export never writes over its run)")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise PosterGenreError(f"{out}: its parent {out.parent} is a file, not a folder")
     if int8 is not None:
         return _export_int8(run, out, int8, int8_split, max_drop)
-    torch_backend = TorchBackend(run)
+    torch_backend = TorchBackend(run.build_model())
     export_onnx(torch_backend.model, out, run.input_size, opset=opset,
                 metadata=run_metadata(run))
     size_mb = out.stat().st_size / 1e6
@@ -67,7 +72,8 @@ def _export_int8(run, out: Path, dataset: Path, split: str, max_drop: float) -> 
     from rich.progress import Progress
 
     from postergenre.data.dataset import load_split
-    from postergenre.export import INT8_CARD, INT8_SPLITS, quantize_run
+    from postergenre.evaluate.int8 import quantize_run
+    from postergenre.export import INT8_CARD, INT8_SPLITS
     from postergenre.io import atomic_write_bytes
 
     if split not in INT8_SPLITS:

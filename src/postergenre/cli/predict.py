@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-LONG_LIST = 200  # show a progress bar for lists this long even when stderr is not a terminal
+from postergenre.backends import BACKEND_HELP
+from postergenre.cli.progress import progress_bar
 
 
 def predict(
@@ -37,9 +38,7 @@ def predict(
              "named <imdbId>.jpg; titles of the run's dataset are used when it is present.",
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Posters per model call."),
-    backend: str = typer.Option(
-        "auto", "--backend",
-        help="auto (onnx when installed), torch, onnx (int8 when checked) or onnx-fp32."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Predict the genres of poster files, folders and http(s) URLs.
 
@@ -107,28 +106,3 @@ def _parse_threshold(value: str | None) -> float | None:
     if not 0.0 <= t <= 1.0:
         raise typer.BadParameter("must be 'tuned' or a number in [0, 1]", param_hint="--threshold")
     return t
-
-
-class progress_bar:
-    """A Rich progress bar on stderr for long lists (or any list on a terminal)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.bar = None
-        if total > 1 and (sys.stderr.isatty() or total >= LONG_LIST):
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.bar = Progress(console=Console(stderr=True), transient=True)
-
-    def __enter__(self):
-        if self.bar is None:
-            return lambda n: None
-        self.bar.start()
-        task = self.bar.add_task("predicting", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from postergenre.backends import BACKEND_HELP
+
 
 def serve(
     model: Path | None = typer.Option(
@@ -13,8 +15,7 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port to listen on."),
-    backend: str = typer.Option(
-        "auto", help="auto (onnx when installed), torch, onnx (int8 when checked) or onnx-fp32."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
     max_upload_mb: float = typer.Option(10.0, min=0.001, help="Largest accepted poster file, MB."),
     max_batch_files: int = typer.Option(16, min=1, help="Most files in one /predict/batch call."),
     log_level: str = typer.Option("info", help="uvicorn log level (warning: no access log)."),

@@ -26,6 +26,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from postergenre.errors import InvalidImageError, NotAnImageError
 
 # Pillow's guard against decompression bombs: refuse images above this many pixels.
+# Poster file endings, in order of preference (when one id has two files, the first wins).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8  # a 1x1 "poster" is a tracking pixel, not a poster
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS

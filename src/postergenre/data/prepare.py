@@ -23,7 +23,6 @@ semantics). The train/val/test split uses iterative stratification for multi-lab
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -33,21 +32,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.table import Table
 
 from postergenre.data import stats
 from postergenre.data.dataset import SPLITS, write_genres, write_split
-from postergenre.data.images import open_poster
+from postergenre.data.images import IMAGE_SUFFIXES, open_poster
 from postergenre.data.movies import read_labels
 from postergenre.errors import DatasetError, InvalidImageError
 from postergenre.genres import SEPARATOR, build_vocabulary, multi_hot, parse_genres
 from postergenre.io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from postergenre.progress import SILENT, Progress
 
 ROW_OUTCOMES = ("kept", "missing_id", "missing_genre", "duplicate_id", "poster_missing",
                 "poster_invalid")
 POSTER_OUTCOMES = ("kept", "invalid", "row_dropped", "without_row", "duplicate_file",
                    "not_a_poster")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")  # in order of preference
 
 
 @dataclass
@@ -88,7 +86,7 @@ def index_posters(posters: Path) -> tuple[dict[int, Path], dict[str, list[str]]]
     """Map imdbId -> poster file; also the names that are duplicates or not poster files."""
     by_id: dict[int, Path] = {}
     odd: dict[str, list[str]] = {"duplicate_file": [], "not_a_poster": []}
-    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    rank = {ext: i for i, ext in enumerate(IMAGE_SUFFIXES)}
     with os.scandir(posters) as entries:
         files = sorted(e.name for e in entries if e.is_file())
     for name in files:
@@ -115,7 +113,7 @@ def _check(path: Path) -> str | None:
 
 
 def validate_posters(paths: Sequence[Path], workers: int | None = None,
-                     progress: bool = True) -> list[str | None]:
+                     progress: Progress = SILENT) -> list[str | None]:
     """Fully decode each poster (threads: Pillow decodes without the GIL).
 
     Returns, per path, None when the poster is usable or the one-line reason it is not.
@@ -123,22 +121,13 @@ def validate_posters(paths: Sequence[Path], workers: int | None = None,
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(_check, paths, chunksize=64)
-        return list(_track(results, len(paths), "checking posters", progress and bool(paths)))
-
-
-def _track(items, total: int, description: str, show: bool):
-    if not show:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(*Progress.get_default_columns(), console=Console(stderr=True),
-                  transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+        progress.start("checking posters", len(paths))
+        out = []
+        for result in results:
+            out.append(result)
+            progress.advance("checking posters")
+        progress.finish("checking posters")
+        return out
 
 
 def check_ratios(val: float, test: float) -> None:
@@ -178,7 +167,7 @@ def split_indices(y: np.ndarray, val: float = 0.15, test: float = 0.15,
 
 
 def clean_rows(table: pd.DataFrame, by_id: dict[int, Path], workers: int | None = None,
-               progress: bool = True) -> tuple[pd.Series, pd.Series, list[dict], list[dict]]:
+               progress: Progress = SILENT) -> tuple[pd.Series, pd.Series, list[dict], list[dict]]:
     """Each row's outcome (ROW_OUTCOMES), its parsed genres, duplicate conflicts, bad posters."""
     ids = table["imdbId"]
     genre_lists = table["genre"].map(parse_genres)
@@ -224,7 +213,7 @@ def poster_outcomes(ids: pd.Series, outcome: pd.Series, by_id: dict[int, Path],
 
 def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *, seed: int = 0,
                     val: float = 0.15, test: float = 0.15, workers: int | None = None,
-                    progress: bool = True) -> PrepareReport:
+                    progress: Progress = SILENT) -> PrepareReport:
     """Clean `labels` against the `posters` folder and write a dataset to `out`.
 
     Raises DatasetError (or PosterGenreError for an unwritable `out`) with a one-line reason
@@ -346,34 +335,3 @@ def card_markdown(info: dict) -> str:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
-
-
-def render_cleaning_report(report: PrepareReport) -> Table:
-    """The cleaning report as a Rich table: each outcome's count for rows and poster files."""
-    table = Table(title=f"Cleaning {Path(report.labels).name} against {Path(report.posters).name}/")
-    table.add_column("input")
-    table.add_column("outcome")
-    table.add_column("count", justify="right")
-    for k in ROW_OUTCOMES:
-        table.add_row("rows", k.replace("_", " "), f"{report.rows[k]:,}")
-    table.add_row("rows", "[b]total[/b]", f"[b]{report.rows_total:,}[/b]")
-    table.add_section()
-    for k in POSTER_OUTCOMES:
-        table.add_row("poster files", k.replace("_", " "), f"{report.poster_files[k]:,}")
-    table.add_row("poster files", "[b]total[/b]", f"[b]{report.posters_total:,}[/b]")
-    table.add_section()
-    table.add_row("duplicates", "genres disagree", f"{len(report.duplicate_conflicts):,}")
-    if report.fallback_lines:
-        table.add_row("encoding", "lines read as Windows-1252", f"{report.fallback_lines:,}")
-    for name, n in report.splits.items():
-        table.add_row("split", name, f"{n:,}")
-    return table
-
-
-def load_report(dataset: str | Path) -> PrepareReport:
-    """Read DATASET/cleaning.json back into a PrepareReport."""
-    path = Path(dataset) / "cleaning.json"
-    if not path.is_file():
-        raise DatasetError(f"{dataset}: no cleaning.json (not a prepared dataset)")
-    return PrepareReport(**json.loads(path.read_text(encoding="utf-8")))
-

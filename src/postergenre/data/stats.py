@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from rich.table import Table
 
 from postergenre.data.dataset import SPLITS, load_genres, load_split
 
@@ -70,38 +69,6 @@ def card(splits: Mapping[str, np.ndarray], genres: Sequence[str], k: int = 3) ->
 def load_labels(dataset: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """The vocabulary and each split's label matrix of a prepared dataset."""
     return load_genres(dataset), {name: load_split(dataset, name).labels for name in SPLITS}
-
-
-def genre_table(dataset: str | Path) -> Table:
-    """A Rich table: movies per genre in each split, and the share of all movies."""
-    genres, splits = load_labels(dataset)
-    return genre_table_from(genres, splits, title=f"Genres of {dataset}")
-
-
-def genre_table_from(genres: Sequence[str], splits: Mapping[str, np.ndarray],
-                     title: str = "Genres") -> Table:
-    total = sum(len(y) for y in splits.values())
-    counts = {name: np.asarray(y).sum(axis=0).astype(int) for name, y in splits.items()}
-    all_counts = sum(counts.values())
-    table = Table(title=title)
-    table.add_column("genre")
-    for name in splits:
-        table.add_column(name, justify="right")
-    table.add_column("all", justify="right")
-    table.add_column("share", justify="right")
-    for i in np.argsort(-all_counts, kind="stable"):
-        share = all_counts[i] / total if total else 0.0
-        table.add_row(genres[i], *(str(counts[name][i]) for name in splits),
-                      str(all_counts[i]), f"{share:.1%}")
-    table.add_section()
-    table.add_row("movies", *(str(len(y)) for y in splits.values()), str(total), "")
-    train = splits.get("train")
-    if train is not None and len(train):
-        table.add_row("prior top-3 hit",
-                      *(f"{prior_top3_hit(train, y):.3f}" for y in splits.values()), "", "")
-        guess = ", ".join(genres[i] for i in top_genres(train))
-        table.caption = f"prior: always guess the train split's top 3 ({guess})"
-    return table
 
 
 def plot_genre_distribution(dataset: str | Path, out: str | Path) -> Path:

@@ -1,21 +1,12 @@
-"""Evaluation: a run's scores on a dataset split, beside the prior baseline.
+"""Evaluation: scores on plain arrays, beside the prior baseline.
 
-`metrics` holds the score functions on plain arrays (imported by training and benchmarks too),
-`report` the HTML report, `plots` its figures. `evaluate_run` ties them together for the
-`postergenre evaluate` command.
+`metrics` holds the score functions (imported by training and benchmarks too), `report` the
+HTML report, `plots` its figures, `int8` the int8 quality check. Scoring a run on a dataset
+split (loading it, reading posters) is `postergenre.scoring.evaluate_run`, a layer above.
 """
 
-from __future__ import annotations
-
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from postergenre.errors import DatasetError, PosterGenreError
 from postergenre.evaluate.metrics import (
+    HEADLINE,
     average_precision,
     compare_with_prior,
     evaluate_scores,
@@ -26,97 +17,12 @@ from postergenre.evaluate.metrics import (
 )
 
 __all__ = [
+    "HEADLINE",
     "average_precision",
     "compare_with_prior",
-    "evaluate_run",
     "evaluate_scores",
     "prior_scores",
     "roc_auc",
     "top_k_hit",
     "tune_thresholds",
 ]
-
-
-def score_split(predictor, split, on_done: Callable[[int], None] | None = None,
-                on_error: Callable[[str], None] | None = None):
-    """The predictor's probabilities for every readable poster of a split.
-
-    Returns (the split restricted to the posters that could be read, their (n, G) scores).
-    """
-    from postergenre.predict import predict_stream
-
-    keep, rows = [], []
-    for i, p in enumerate(predict_stream(predictor, [str(x) for x in split.paths],
-                                         on_done=on_done)):
-        if p.error is None:
-            keep.append(i)
-            rows.append(p.probabilities)
-        elif on_error is not None:
-            on_error(p.error)
-    scores = np.stack(rows) if rows else np.zeros((0, len(predictor.genres)), np.float32)
-    return split.subset(np.array(keep, dtype=int)), scores
-
-
-def _labels_for(split, genres: list[str], dataset: Path) -> np.ndarray:
-    """The split's labels in the model's genre order."""
-    if split.genres == genres:
-        return split.labels
-    missing = [g for g in genres if g not in split.genres]
-    if missing:
-        raise DatasetError(f"{dataset}: the model's genres {', '.join(missing[:3])} are not in "
-                           "this dataset")
-    return split.labels[:, [split.genres.index(g) for g in genres]]
-
-
-def evaluate_run(
-    run: str | os.PathLike | None,
-    dataset: str | os.PathLike | None = None,
-    split: str = "test",
-    out: str | os.PathLike | None = None,
-    n_boot: int = 1000,
-    backend: str = "auto",
-    report: bool = True,
-    on_done: Callable[[int], None] | None = None,
-    on_error: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Score a run on a dataset split; write metrics.json (and report.html) to `out`.
-
-    `dataset` defaults to the run config's "dataset". F1 and Hamming loss use the run's tuned
-    thresholds (thresholds.json) when it has one for every genre, else thresholds tuned here
-    on the val split. Posters that cannot be read are reported through `on_error` and skipped.
-    """
-    from postergenre.data.dataset import load_split
-    from postergenre.io import atomic_write_json, ensure_writable_dir
-    from postergenre.predict import Predictor
-
-    predictor = Predictor.load(run, backend=backend)
-    r = predictor.run
-    dataset = dataset or (r.config.get("dataset") or r.config.get("training", {}).get("dataset"))
-    if not dataset:
-        raise PosterGenreError(f"{r.path}: the run names no dataset; pass --data DATASET")
-    dataset = Path(dataset)
-    out_dir = ensure_writable_dir(out if out is not None else r.path)
-    genres = predictor.genres
-
-    test, scores = score_split(predictor, load_split(dataset, split), on_done, on_error)
-    if len(test) == 0:
-        raise DatasetError(f"{dataset}: no readable poster in the {split} split")
-    y = _labels_for(test, genres, dataset)
-    train_y = _labels_for(load_split(dataset, "train"), genres, dataset)
-    if all(g in r.thresholds for g in genres):
-        thresholds, source = np.array([r.thresholds[g] for g in genres]), "run"
-    else:
-        val, val_scores = score_split(predictor, load_split(dataset, "val"), on_done, on_error)
-        thresholds, source = tune_thresholds(_labels_for(val, genres, dataset), val_scores), "val"
-
-    results = compare_with_prior(y, scores, genres, train_y, thresholds, n_boot=n_boot)
-    results = {"run": str(r.path), "dataset": str(dataset), "split": split,
-               "thresholds_from": source, **results}
-    atomic_write_json(out_dir / "metrics.json", results)
-    if report:
-        from postergenre.evaluate.report import write_report
-
-        write_report(out_dir / "report.html", results, y, scores, genres, thresholds,
-                     test.paths, test.titles,
-                     title=f"{r.config.get('model', 'model')} on {dataset.name}/{split}")
-    return results

@@ -17,10 +17,32 @@ average and says which.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.stats import rankdata
+
+
+class Metric(NamedTuple):
+    key: str  # in `evaluate_scores`' dict
+    label: str
+    higher_is_better: bool = True
+
+
+# The headline scores, in the order the console, metrics.json readers and the report show them.
+HEADLINE = (
+    Metric("top3_hit", "top-3 hit (the original's \"top-3 accuracy\")"),
+    Metric("macro_ap", "macro average precision"),
+    Metric("micro_ap", "micro average precision"),
+    Metric("macro_roc_auc", "macro ROC-AUC"),
+    Metric("macro_f1", "macro F1 (tuned thresholds)"),
+    Metric("micro_f1", "micro F1 (tuned thresholds)"),
+    Metric("samples_f1", "sample-averaged F1 (tuned thresholds)"),
+    Metric("hamming_loss", "Hamming loss (tuned thresholds)", higher_is_better=False),
+    Metric("precision_at_1", "precision@1"),
+    Metric("precision_at_3", "precision@3"),
+    Metric("recall_at_3", "recall@3"),
+)
 
 MIN_POSITIVES = 10
 

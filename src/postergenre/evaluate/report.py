@@ -20,27 +20,12 @@ import numpy as np
 from postergenre.data.images import open_poster
 from postergenre.errors import PosterGenreError
 from postergenre.evaluate import plots
-from postergenre.evaluate.metrics import average_precision
+from postergenre.evaluate.metrics import HEADLINE, average_precision
 from postergenre.io import atomic_write_text
 
 THUMB = (201, 136)  # (height, width) of the posters in the grid
 MAIN_GENRES = 8
 GRID = 12  # posters in each of the best and worst grids
-
-# (key, label, higher is better)
-HEADLINE = [
-    ("top3_hit", "top-3 hit (the original's \"top-3 accuracy\")", True),
-    ("macro_ap", "macro average precision", True),
-    ("micro_ap", "micro average precision", True),
-    ("macro_roc_auc", "macro ROC-AUC", True),
-    ("macro_f1", "macro F1 (tuned thresholds)", True),
-    ("micro_f1", "micro F1 (tuned thresholds)", True),
-    ("samples_f1", "sample-averaged F1 (tuned thresholds)", True),
-    ("hamming_loss", "Hamming loss (tuned thresholds)", False),
-    ("precision_at_1", "precision@1", True),
-    ("precision_at_3", "precision@3", True),
-    ("recall_at_3", "recall@3", True),
-]
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}

@@ -1,5 +1,11 @@
 """Models: every network is built by name through `create_model`."""
 
-from postergenre.models.registry import create_model, list_models, register_model
+from postergenre.models.registry import (
+    ModelInfo,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]

@@ -50,6 +50,5 @@ class CustomCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("custom-cnn")
-def custom_cnn(num_genres: int, **kwargs) -> CustomCNN:
-    return CustomCNN(num_genres, **kwargs)
+register_model("custom-cnn", input_size=INPUT_SIZE, min_input_size=(76, 76),
+               normalization="none: pixels in [0, 1], as the original")(CustomCNN)

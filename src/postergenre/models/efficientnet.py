@@ -21,6 +21,7 @@ buffers fitted on the training features, so they travel with the head's weights.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -156,6 +157,23 @@ class EfficientNetLite(nn.Module):
             keys += [f"{prefix}.{k}" for k in module.state_dict()]
         return keys
 
+    def fit_head_statistics(self, features: torch.Tensor) -> None:
+        """Fit the head's standardisation on the training features (before training it)."""
+        self.head[0].fit(features)
+
+    def cut_for(self, blocks: int) -> int:
+        """Where to cut the backbone so that its last `blocks` blocks train on a cached trunk."""
+        n = len(self.backbone._blocks)
+        if not 1 <= blocks <= n - 1:
+            raise PosterGenreError(f"--trainable-blocks must be between 1 and {n - 1}, "
+                                   f"not {blocks}")
+        return n - blocks
+
+    def tail_logits(self, rows: torch.Tensor, cut: int, drop_connect: float = 0.0
+                    ) -> torch.Tensor:
+        """Logits from cached `trunk_features` rows: the last blocks, the pooling, the head."""
+        return self.head(self.tail(*self.split_trunk_features(rows, cut), cut, drop_connect))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> pooled backbone features (N, feature_dim)."""
         cut = len(self.backbone._blocks)
@@ -221,12 +239,8 @@ class EfficientNetLite(nn.Module):
         return self.head(features)
 
 
-def _builder(variant: str):
-    def build(num_genres: int, **kwargs) -> EfficientNetLite:
-        return EfficientNetLite(num_genres, variant=variant, **kwargs)
-
-    return build
-
-
 for _variant in VARIANTS:
-    register_model(f"efficientnet-{_variant}")(_builder(_variant))
+    register_model(f"efficientnet-{_variant}", input_size=DEFAULT_INPUT_SIZE,
+                   min_input_size=(32, 32), normalization="(x - 0.5) / 0.5, as TF Lite",
+                   modes=("end-to-end", "features", "finetune"), cpu_mode="features",
+                   finetune_blocks=15)(functools.partial(EfficientNetLite, variant=_variant))

@@ -100,6 +100,5 @@ class VGG16(nn.Module):
         return self.classifier(self.features((x - self.mean) / self.std))
 
 
-@register_model("vgg16")
-def vgg16(num_genres: int, **kwargs) -> VGG16:
-    return VGG16(num_genres, **kwargs)
+register_model("vgg16", input_size=INPUT_SIZE, min_input_size=(32, 32),
+               normalization="ImageNet mean and std")(VGG16)

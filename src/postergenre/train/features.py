@@ -29,37 +29,37 @@ from torch import nn
 from postergenre.data.images import load_poster_array, to_tensor
 from postergenre.errors import DatasetError, InvalidImageError
 from postergenre.paths import cache_dir
+from postergenre.progress import SILENT, Progress
+from postergenre.train import distributed
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What a cached feature is: backbone, input size (h, w), pooling, mirrored or not.
-
-    `pool` "trunkN" caches the backbone's state after its first N blocks instead (the map and
-    the "multi" stage means so far, flattened, in float16): what fine-tuning the remaining
-    blocks starts from (see finetune.py).
-    """
+    """What a cached feature is: backbone, input size (h, w), pooling, mirrored or not, and
+    `cut`: when set, the backbone's state after its first `cut` blocks (the map and the "multi"
+    stage means so far, flattened, in float16) instead of pooled features: what fine-tuning
+    the remaining blocks starts from (train/sources.py, `cached_trunk`)."""
 
     model: str = "efficientnet-lite0"
     input_size: tuple[int, int] = (268, 182)
     pool: str = "mean"
     flip: bool = False
+    cut: int | None = None
 
     @property
     def key(self) -> str:
         h, w = self.input_size
-        return f"{self.model}_{h}x{w}_{self.pool}" + ("_flip" if self.flip else "")
+        pool = self.pool if self.cut is None else f"trunk{self.cut}"
+        return f"{self.model}_{h}x{w}_{pool}" + ("_flip" if self.flip else "")
 
-    @property
-    def trunk_cut(self) -> int | None:
-        """N for a "trunkN" pool, else None."""
-        return int(self.pool.removeprefix("trunk")) if self.pool.startswith("trunk") else None
+    def mirrored(self, flip: bool = True) -> FeatureSpec:
+        return replace(self, flip=flip)
 
     def build(self) -> nn.Module:
         """The frozen backbone (with a throwaway head) this spec describes."""
         from postergenre.models import create_model
 
-        pool = "multi" if self.trunk_cut is not None else self.pool
+        pool = "multi" if self.cut is not None else self.pool
         return create_model(self.model, 1, input_size=self.input_size, pool=pool).eval()
 
 
@@ -88,7 +88,7 @@ class FeatureCache:
         name = f"chunk-r{rank}-{uuid.uuid4().hex[:12]}.safetensors"
         tmp = self.dir / f".{name}.tmp"
         sha = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 20)
-        dtype = np.float16 if self.spec.trunk_cut is not None else np.float32
+        dtype = np.float16 if self.spec.cut is not None else np.float32
         save_file({"sha1": sha, "features": np.ascontiguousarray(features, dtype)}, str(tmp))
         tmp.replace(self.dir / name)
 
@@ -96,23 +96,15 @@ class FeatureCache:
 class _OnnxFeatures:
     """The spec's feature extractor exported once to ONNX and run with onnxruntime."""
 
-    def __init__(self, model: nn.Module, spec: FeatureSpec, threads: int | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, model: nn.Module, spec: FeatureSpec) -> None:
+        from postergenre.backends import make_session
+        from postergenre.export import export_graph
 
-        graph = replace(spec, flip=False).key  # mirroring happens in the loader
-        path = cache_dir() / "onnx" / f"features_{graph}.onnx"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            wrapper = _FeatureModule(model, spec.trunk_cut).eval()
-            dummy = torch.rand(1, 3, *spec.input_size)
-            torch.onnx.export(wrapper, (dummy,), str(tmp), input_names=["x"], output_names=["f"],
-                              dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17,
-                              dynamo=False)
-            tmp.replace(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        path = cache_dir() / "onnx" / f"features_{spec.mirrored(False).key}.onnx"
+        if not path.is_file():  # mirroring happens in the loader
+            export_graph(_FeatureModule(model, spec.cut).eval(), path, spec.input_size,
+                         input_name="x", output_name="f")
+        self.session = make_session(path, threads=torch.get_num_threads())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"x": x})[0]
@@ -149,7 +141,7 @@ def make_extractor(spec: FeatureSpec, backend: str = "auto"):
         except ImportError:
             if backend == "onnx":
                 raise
-    return _TorchFeatures(model, spec.trunk_cut)
+    return _TorchFeatures(model, spec.cut)
 
 
 def _batches(paths: Sequence[Path], spec: FeatureSpec, batch_size: int
@@ -173,22 +165,16 @@ def _batches(paths: Sequence[Path], spec: FeatureSpec, batch_size: int
         yield from pool.map(load, range(0, len(paths), batch_size))
 
 
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def cache_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = FeatureSpec(),
                    batch_size: int = 64, chunk_size: int = 512, backend: str = "auto",
-                   root: str | os.PathLike | None = None, progress: bool = True,
+                   root: str | os.PathLike | None = None, progress: Progress = SILENT,
                    rank: int | None = None, world: int | None = None) -> list[str]:
     """Compute and cache this rank's share (r::world) of the posters not cached yet.
 
     Returns the errors of unreadable posters (one line each); the others are cached regardless.
     """
     if rank is None or world is None:
-        rank, world = _rank_world()
+        rank, world = distributed.rank(), distributed.world_size()
     paths = [Path(p) for p in paths]
     cache = FeatureCache(spec, root)
     digests = [sha1_file(p) if p.is_file() else b"" for p in paths]
@@ -202,16 +188,18 @@ def cache_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = Featu
     todo_paths = [paths[i] for i in todo]
     done_digests: list[bytes] = []
     done_rows: list[np.ndarray] = []
-    with _progress(progress, len(todo), f"features {spec.key}") as advance:
-        for keep, x, bad in _batches(todo_paths, spec, batch_size):
-            errors += bad
-            if keep:
-                done_digests += [digests[todo[j]] for j in keep]
-                done_rows += list(extractor(x))
-            if len(done_digests) >= chunk_size:
-                cache.write_chunk(done_digests, np.stack(done_rows), rank)
-                done_digests, done_rows = [], []
-            advance(len(keep) + len(bad))
+    task = f"features {spec.key}"
+    progress.start(task, len(todo))
+    for keep, x, bad in _batches(todo_paths, spec, batch_size):
+        errors += bad
+        if keep:
+            done_digests += [digests[todo[j]] for j in keep]
+            done_rows += list(extractor(x))
+        if len(done_digests) >= chunk_size:
+            cache.write_chunk(done_digests, np.stack(done_rows), rank)
+            done_digests, done_rows = [], []
+        progress.advance(task, len(keep) + len(bad))
+    progress.finish(task)
     if done_digests:
         cache.write_chunk(done_digests, np.stack(done_rows), rank)
     return errors
@@ -225,44 +213,8 @@ def extract_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = Fea
     Unreadable posters do not stop the others: the rest is cached, then a DatasetError names them.
     """
     errors = cache_features(paths, spec, **kwargs)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    distributed.barrier()
     if errors:
         raise DatasetError(f"{len(errors)} poster(s) could not be read, e.g. {errors[0]}")
     index = FeatureCache(spec, kwargs.get("root")).load()
     return np.stack([index[sha1_file(p)] for p in paths]).astype(dtype, copy=False)
-
-
-class _progress:
-    """A Rich progress bar with rate and ETA (or nothing); yields an `advance(n)` callable."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        rate = TextColumn("{task.fields[rate]}")
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            rate, TimeRemainingColumn())
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total, rate="")
-
-        def advance(n: int) -> None:
-            self.bar.advance(task, n)
-            speed = self.bar.tasks[task].speed
-            self.bar.update(task, rate=f"{speed:.0f} posters/s" if speed else "")
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)

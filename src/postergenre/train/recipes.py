@@ -1,8 +1,14 @@
-"""Training settings (`TrainConfig`) and named recipes.
+"""Training settings (`TrainConfig`), the three training modes' defaults, and named recipes.
 
-`--recipe seed-custom` and `--recipe seed-vgg16` reproduce the original project's recipes;
-options given next to a recipe override it. Without a recipe the defaults are a modern,
-working choice: AdamW, cosine decay, early stopping on val macro AP.
+A model trains in one of three modes (the model's registry entry says which it supports):
+
+  end-to-end  every poster through the whole network each epoch (augmentation, DDP, CUDA);
+  features    a head on cached frozen-backbone features: the fast CPU path;
+  finetune    the last blocks and the head of a `features` run (`init`), on a cached trunk.
+
+`make_config(recipe, mode, **options)` starts from the mode's defaults, applies the recipe
+(`--recipe seed-custom` / `seed-vgg16`: the original project's), then every option given.
+An option that the mode does not use is an error naming both, never silently ignored.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ from typing import Any
 
 from postergenre.errors import PosterGenreError
 
+MODES = ("end-to-end", "features", "finetune")
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "onecycle")
+LOSSES = ("bce", "asl")
 
 
 @dataclass
 class TrainConfig:
     model: str = "custom-cnn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    mode: str = "end-to-end"
     epochs: int = 30
     batch_size: int = 64  # the global batch: split across DDP ranks
     optimizer: str = "adamw"
@@ -30,19 +39,35 @@ class TrainConfig:
     pos_weight: bool = False  # weight positives per genre by neg/pos (clipped)
     pos_weight_max: float = 10.0
     resample: float = 0.0  # rare-genre resampling power; 0 = plain shuffling
-    augment: bool = False  # the original affine augmentation + flips
+    augment: bool = False  # end-to-end: the original affine augmentation + flips
+    flip: bool = False  # features: train on mirrored posters too, average both at prediction
     patience: int = 5  # stop after this many epochs without a better val macro AP; 0 = never
     seed: int = 0
+    init: str | None = None  # finetune: the `features` run to start from
+    trainable_blocks: int = 2  # finetune: how many of the last blocks train
+    drop_connect: float = 0.2  # finetune: drop-connect rate at the last block
+    backbone_weights: str | None = None  # a local file of ImageNet weights (vgg16)
     recipe: str | None = None
 
     def __post_init__(self) -> None:
-        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("schedule", self.schedule, SCHEDULES)):
+        for name, value, choices in (("mode", self.mode, MODES),
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("schedule", self.schedule, SCHEDULES),
+                                     ("loss", self.loss, LOSSES)):
             if value not in choices:
-                raise PosterGenreError(f"{name} must be one of {', '.join(choices)}, "
+                raise PosterGenreError(f"--{name} must be one of {', '.join(choices)}, "
                                        f"not {value!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise PosterGenreError("epochs and batch size must be at least 1 and lr positive")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise PosterGenreError(f"--{name.replace('_', '-')} must be at least 1, "
+                                       f"not {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise PosterGenreError("--lr must be positive and --weight-decay not negative")
+        if not 0 <= self.seed < 2**32:
+            raise PosterGenreError(f"--seed must be between 0 and 2**32 - 1, not {self.seed}")
+        if self.patience < 0 or self.resample < 0 or not 0 <= self.drop_connect < 1:
+            raise PosterGenreError("--patience and --resample must not be negative, "
+                                   "--drop-connect in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,11 +78,30 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+# What each mode starts from; a recipe or an option replaces any of these.
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "end-to-end": {},
+    "features": dict(epochs=100, batch_size=256, lr=3e-4, weight_decay=0.1,
+                     schedule="constant", patience=8),
+    "finetune": dict(epochs=8, batch_size=64, lr=1e-4, weight_decay=0.05,
+                     schedule="onecycle", patience=0),
+}
+_COMMON = {"model", "model_kwargs", "mode", "epochs", "batch_size", "optimizer", "lr",
+           "weight_decay", "schedule", "loss", "pos_weight", "pos_weight_max", "resample",
+           "patience", "seed", "recipe"}
+# The settings each mode reads: giving another one is an error.
+MODE_OPTIONS: dict[str, set[str]] = {
+    "end-to-end": _COMMON | {"augment", "backbone_weights"},
+    "features": _COMMON | {"flip"},
+    "finetune": _COMMON | {"init", "trainable_blocks", "drop_connect"},
+}
+
 # Keras defaults the originals ran with: Adam(lr=1e-3), RMSprop(lr=1e-4, rho=0.9); no decay,
-# no early stopping, augmentation on.
+# no early stopping. The custom CNN's notebook fits plain arrays (no augmentation); the VGG16
+# script uses an ImageDataGenerator (augmentation on).
 RECIPES: dict[str, dict[str, Any]] = {
     "seed-custom": dict(model="custom-cnn", optimizer="adam", lr=1e-3, weight_decay=0.0,
-                        schedule="constant", epochs=30, batch_size=64, augment=True,
+                        schedule="constant", epochs=30, batch_size=64, augment=False,
                         patience=0),
     "seed-vgg16": dict(model="vgg16", optimizer="rmsprop", lr=1e-4, weight_decay=0.0,
                        schedule="constant", epochs=50, batch_size=64, augment=True,
@@ -65,13 +109,23 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
-    """A recipe's settings (or the defaults), then every override that is not None."""
-    base: dict[str, Any] = {}
+def make_config(recipe: str | None = None, mode: str = "end-to-end",
+                **options: Any) -> TrainConfig:
+    """The mode's defaults, then the recipe's settings, then every option that is not None."""
+    if mode not in MODES:
+        raise PosterGenreError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    given = {k: v for k, v in options.items() if v is not None}
+    unused = sorted(set(given) - MODE_OPTIONS[mode])
+    if unused:
+        flag = "--" + unused[0].replace("_", "-")
+        raise PosterGenreError(f"{flag} does not apply to {mode} training")
+    base: dict[str, Any] = dict(MODE_DEFAULTS[mode], mode=mode)
     if recipe is not None:
         if recipe not in RECIPES:
             raise PosterGenreError(f"unknown recipe {recipe!r}; choose one of: "
                                    f"{', '.join(RECIPES)}")
-        base = dict(RECIPES[recipe], recipe=recipe)
-    base.update({k: v for k, v in overrides.items() if v is not None})
+        if mode != "end-to-end":
+            raise PosterGenreError(f"--recipe {recipe} trains end to end, not in {mode} mode")
+        base.update(RECIPES[recipe], recipe=recipe)
+    base.update(given)
     return TrainConfig.from_dict(base)

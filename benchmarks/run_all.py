@@ -1,10 +1,10 @@
-"""The one benchmark command: `python -m postergenre.bench` (or `make bench`).
+"""The one benchmark command: `python benchmarks/run_all.py` (or `make bench`).
 
 Runs every script in the repository's benchmarks/ folder in sequence, each in its own process,
 and says where each figure goes. Every figure in docs/benchmarks.md and the README's table
 comes from one of these scripts.
 
-    python -m postergenre.bench [--data ../shared/data] [--only speed quality] [--skip train]
+    python benchmarks/run_all.py [--data ../shared/data] [--only speed quality] [--skip train]
                                 [--quick]
 """
 
@@ -15,8 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-from postergenre.errors import PosterGenreError
 
 # In order: each script's name (benchmarks/bench_<name>.py) and where its figures go.
 BENCHMARKS: dict[str, str] = {
@@ -31,14 +29,8 @@ BENCHMARKS: dict[str, str] = {
 
 
 def benchmarks_dir() -> Path:
-    """benchmarks/ of the source checkout this package runs from."""
-    folder = Path(__file__).resolve().parents[2] / "benchmarks"
-    if not folder.is_dir():
-        raise PosterGenreError(
-            f"{folder}: no benchmarks folder; the benchmarks ship with the source repository, "
-            "not the installed package: run this from a clone (pip install -e .)"
-        )
-    return folder
+    """The folder of this script: the benchmarks of the source checkout."""
+    return Path(__file__).resolve().parent
 
 
 def command(script: Path, data: Path, quick: bool) -> list[str]:
@@ -73,7 +65,7 @@ def run_all(names: list[str], data: Path, quick: bool = False) -> dict[str, str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m postergenre.bench",
+        prog="python benchmarks/run_all.py",
         description="Reproduce every figure in docs/benchmarks.md and the README's table.",
     )
     parser.add_argument("--data", type=Path, default=Path("../shared/data"),
@@ -93,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
-    try:
-        outcomes = run_all(names, args.data.resolve(), args.quick)
-    except PosterGenreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    outcomes = run_all(names, args.data.resolve(), args.quick)
     print("\nsummary: " + ", ".join(f"{n} {o}" for n, o in outcomes.items()))
     return 0 if all(o == "ok" for o in outcomes.values()) else 1
 

@@ -1,0 +1,231 @@
+"""The training engine: one loop for every training mode, read top to bottom in `run_epochs`.
+
+A mode (train/sources.py) hands the engine a `Source`: the model, a function from a batch's
+inputs to logits, the epoch's batches, and the val split's probabilities. The engine owns the
+rest, the same for every mode:
+
+  optimizer and schedule; the loss (with optional per-genre positive weights); per-epoch
+  seeding (sample order, augmentation, dropout), so that a run resumed from its checkpoint
+  ends with the same weights as one never interrupted; validation (macro AP) after each
+  epoch; early stopping; the best weights in RUN/weights.safetensors; the last state in
+  RUN/checkpoint/ (what `resume` continues); a line per epoch in RUN/history.jsonl; progress
+  through a `Progress`; and, at the end, per-genre thresholds tuned on val.
+
+Under DDP every rank runs the loop on its share of each batch; rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from postergenre.evaluate.metrics import macro_ap, top_k_hit, tune_thresholds
+from postergenre.io import atomic_open, atomic_write_json
+from postergenre.progress import SILENT, Progress
+from postergenre.run import (
+    WEIGHTS,
+    append_history,
+    load_weights,
+    save_thresholds,
+    save_weights,
+    write_history,
+)
+from postergenre.train import distributed
+from postergenre.train.losses import make_loss, positive_weights
+from postergenre.train.recipes import TrainConfig
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class Source:
+    """What a training mode feeds the engine."""
+
+    model: nn.Module  # its state is checkpointed; `keys` of it make the run's weights
+    forward: Callable[[Any], torch.Tensor]  # a batch's inputs -> logits (DDP-wrapped if any)
+    batches: Callable[[int], Iterator[tuple[Any, torch.Tensor]]]  # epoch -> (inputs, targets)
+    steps: int  # batches per epoch on this rank
+    val_probs: Callable[[], np.ndarray]  # (n_val, G) with the current weights (rank 0)
+    y_train: np.ndarray
+    y_val: np.ndarray
+    genres: list[str]
+    keys: list[str] | None = None  # state-dict keys the run stores (None: all of them)
+    train_mode: Callable[[], None] | None = None  # default: model.train()
+    device: torch.device = torch.device("cpu")
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + salt) % (2**63)
+
+
+_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
+    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, eps=1e-7, weight_decay=wd),  # Keras eps
+    "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, alpha=0.9, eps=1e-7,  # Keras's
+                                                     weight_decay=wd),
+    "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True,
+                                             weight_decay=wd),
+}
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    return _OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate factors: cosine decay, constant, or one-cycle (10% warm-up)."""
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, pct_start=0.1,
+                                                   total_steps=max(total, 1))
+    if config.schedule == "cosine":
+        def factor(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    else:
+        def factor(step: int) -> float:
+            return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: torch.device):
+    """bfloat16 (or float16) autocast on CUDA; nothing on the CPU."""
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def val_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """What early stopping watches (macro AP over genres with a positive), and top-3 hit."""
+    return {"val_macro_ap": macro_ap(y, probs), "val_top3_hit": top_k_hit(y, probs, 3)}
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    schedule: Any, state: dict[str, Any]) -> None:
+    """Write RUN/checkpoint/epoch-N/ then point latest.json at it (atomic), then drop older."""
+    root = run_dir / CHECKPOINT
+    folder = root / f"epoch-{state['epoch']}"
+    save_weights(model, folder / "model.safetensors")
+    with atomic_open(folder / "trainer.pt", "wb") as f:
+        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, f)
+    atomic_write_json(root / "latest.json", {**state, "dir": folder.name})
+    for old in root.glob("epoch-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    schedule: Any) -> dict[str, Any] | None:
+    """Restore the last checkpoint's tensors in place and return its state (None if none)."""
+    latest = run_dir / CHECKPOINT / "latest.json"
+    if not latest.is_file():
+        return None
+    state = json.loads(latest.read_text(encoding="utf-8"))
+    folder = latest.parent / state["dir"]
+    load_weights(model, folder / "model.safetensors")
+    trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    schedule.load_state_dict(trainer["schedule"])
+    return state
+
+
+def run_epochs(source: Source, out: Path, config: TrainConfig, *, resume: bool = False,
+               progress: Progress = SILENT, time_limit: float | None = None,
+               on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+               log: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train `source` for `config.epochs` (or until early stopping / `time_limit` seconds) into
+    the run folder `out`; return the final state. `on_epoch_end(record)` runs on every rank
+    after each epoch's checkpoint; `log(key, record)` receives every record on rank 0."""
+    main, rank, model, dev = distributed.is_main(), distributed.rank(), source.model, source.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    schedule = make_schedule(optimizer, config, source.steps * config.epochs)
+    pos_weight = (positive_weights(source.y_train, max_weight=config.pos_weight_max)
+                  if config.pos_weight else None)
+    loss_fn = make_loss(config.loss, pos_weight).to(dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0,
+                             "done": False, "history": []}
+    if resume and (saved := load_checkpoint(out, model, optimizer, schedule)) is not None:
+        state = saved
+        if main:  # the history file must match the checkpoint (an epoch may have been cut)
+            write_history(out, state["history"])
+    progress = progress if main else SILENT
+    progress.start("epochs", config.epochs, state["epoch"])
+    start = time.perf_counter()
+    for epoch in range(state["epoch"], config.epochs):
+        if state["done"]:
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(epoch_seed(config.seed, epoch, 2 + rank))  # dropout, drop-connect
+        (source.train_mode or model.train)()
+        progress.start("batches", source.steps)
+        total, seen = 0.0, 0
+        for inputs, targets in source.batches(epoch):
+            with autocast(dev):
+                loss = loss_fn(source.forward(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            total, seen = total + loss.item() * len(targets), seen + len(targets)
+            progress.advance("batches", info=f"loss {loss.item():.4f}")
+
+        scores = {"val_macro_ap": float("nan"), "val_top3_hit": float("nan")}
+        if main:
+            model.eval()
+            scores = val_scores(source.y_val, source.val_probs())
+        scores = distributed.broadcast(scores)
+        score = scores["val_macro_ap"] if math.isfinite(scores["val_macro_ap"]) else -1.0
+        if score > state["best"]:
+            state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
+            if main:
+                save_weights(model, out / WEIGHTS, keys=source.keys)
+        else:
+            state["bad_epochs"] += 1
+        record = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), **scores,
+                  "best_val_macro_ap": state["best"], "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        state["done"] = (config.patience > 0 and state["bad_epochs"] >= config.patience) \
+            or epoch + 1 == config.epochs
+        if main:
+            save_checkpoint(out, model, optimizer, schedule, state)
+            append_history(out, record)
+            if log is not None:
+                log("epoch", record)
+        progress.advance("epochs", info=f"val mAP {record['val_macro_ap']:.4f} "
+                         f"(best {state['best']:.4f})")
+        distributed.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if time_limit is not None and time.perf_counter() - start + record["seconds"] > \
+                time_limit and not state["done"]:
+            state["stopped"] = (f"stopping after epoch {epoch + 1}: another would pass the "
+                                f"time limit ({time_limit:.0f} s); --resume continues")
+            break
+    progress.finish("batches")
+    progress.finish("epochs")
+
+    if main:  # thresholds of the best weights, tuned on val
+        load_weights(model, out / WEIGHTS, partial=source.keys is not None)
+        model.eval()
+        thresholds = tune_thresholds(source.y_val, source.val_probs())
+        save_thresholds(out, dict(zip(source.genres, thresholds.tolist(), strict=True)))
+    distributed.barrier()
+    state["seconds"] = round(time.perf_counter() - start, 1)
+    return state

@@ -1,0 +1,169 @@
+"""`fit`: the one entry point that trains a run, whatever the mode.
+
+    fit("datasets/shared", "runs/cnn", make_config("seed-custom", epochs=5))
+    fit("datasets/shared", "runs/lite0", make_config(mode="features", model="efficientnet-lite0"))
+    fit("datasets/shared", "runs/ft", make_config(mode="finetune", model="efficientnet-lite0",
+                                                  init="runs/lite0", trainable_blocks=2))
+
+Everything is checked before anything is written (the model's registry entry says which modes
+it supports; the dataset's splits must be readable and not empty), so a failed start leaves
+nothing that blocks the retry. Then the run folder gets its config.json, the mode builds its
+data source (sources.py), and the engine (engine.py) trains it. With `resume=True` the run's
+own settings and dataset are used and training continues after its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from postergenre.data.dataset import load_split
+from postergenre.errors import PosterGenreError, RunError
+from postergenre.io import ensure_writable_dir
+from postergenre.models import create_model, model_info
+from postergenre.progress import SILENT, Progress
+from postergenre.run import WEIGHTS, holds_run, load_run, load_weights, write_config
+from postergenre.train import distributed
+from postergenre.train.engine import run_epochs
+from postergenre.train.recipes import TrainConfig
+from postergenre.train.sources import SOURCES
+
+
+def _check_out(out: Path, resume: bool, inputs: list[Path]) -> None:
+    if resume:
+        if not holds_run(out):
+            raise RunError(f"{out}: no run to resume (no weights or checkpoint)")
+        return
+    for source in inputs:
+        if source.resolve() == out.resolve():
+            raise RunError(f"{out}: is an input of this run; choose another --out")
+    if holds_run(out):
+        raise RunError(f"{out}: already holds a run; pass --resume to continue it, "
+                       "or choose another --out")
+
+
+# The head a features run gets unless told otherwise: the shipped model's first stage.
+FEATURES_HEAD = {"pool": "multi", "head": "mlp", "hidden": 256, "dropout": 0.6}
+
+
+def _build(config: TrainConfig, genres: list[str], dataset: str | Path
+           ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model to train and the settings that rebuild it (the run's "model_kwargs"): a new
+    one, or (finetune) the `init` run's with its last blocks made trainable."""
+    kwargs = dict(config.model_kwargs)
+    extra = {"backbone_weights": config.backbone_weights} if config.backbone_weights else {}
+    if config.mode == "features":
+        kwargs = {**FEATURES_HEAD, **kwargs, "flip_average": config.flip, "trainable_blocks": 0}
+    elif config.mode == "finetune":
+        if config.init is None:
+            raise PosterGenreError("finetune training starts from a features run: give --init")
+        if kwargs:
+            raise PosterGenreError("finetune takes its model settings from the --init run; "
+                                   "drop --model-arg, --head, --pool, --hidden, --dropout")
+        start = load_run(config.init)
+        if start.train_settings.get("mode") != "features" or start.model_name != config.model:
+            raise PosterGenreError(f"{config.init}: fine-tuning starts from a {config.model} "
+                                   "run trained in features mode")
+        if start.genres != genres:
+            raise PosterGenreError(f"{config.init}: its genres differ from {dataset}'s")
+        kwargs = dict(start.config["model_kwargs"], trainable_blocks=config.trainable_blocks)
+        if kwargs.get("pool") != "multi" or kwargs.get("flip_average"):
+            raise PosterGenreError(f"{config.init}: start from a features run with 'multi' "
+                                   "pooling and no flip averaging")
+    model = create_model(config.model, len(genres), **kwargs, **extra)
+    if config.mode == "finetune":
+        model.cut_for(config.trainable_blocks)  # a one-line error for an impossible number
+        load_weights(model, start.path / WEIGHTS, partial=True)
+    return model, kwargs
+
+
+def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None = None, *,
+        resume: bool = False, device: str | None = None, progress: Progress = SILENT,
+        cache: bool = True, workers: int = 2, time_limit: float | None = None,
+        backend: str = "auto", cache_root: str | Path | None = None, tensorboard: bool = False,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train `config` on DATASET into the run folder `out`; return a summary dict.
+
+    `time_limit` (seconds) stops before an epoch that would end past it (at least one epoch
+    runs); `resume` continues later. `on_epoch_end(record)` is called on every rank after each
+    epoch's checkpoint is written.
+    """
+    out = Path(out)
+    if resume:
+        _check_out(out, True, [])
+        stored = load_run(out)
+        config = TrainConfig.from_dict(stored.train_settings)
+        dataset = stored.dataset
+    config = config or TrainConfig()
+    info = model_info(config.model)
+    if config.mode not in info.modes:
+        raise PosterGenreError(f"{config.model} cannot train in {config.mode} mode; it "
+                               f"supports: {', '.join(info.modes)}")
+    if dataset is None:
+        raise PosterGenreError("no dataset given (--data)")
+    if device is not None and device != "cpu" and not device.startswith("cuda"):
+        raise PosterGenreError(f"--device must be cpu or cuda[:N], not {device!r}")
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise PosterGenreError(f"--device {device}: CUDA is not available on this machine")
+    if config.mode != "end-to-end" and device and device.startswith("cuda"):
+        raise PosterGenreError(f"{config.mode} training runs on the CPU; drop --device")
+    train, val = load_split(dataset, "train"), load_split(dataset, "val")
+    for split in (train, val):
+        if len(split) == 0:
+            raise PosterGenreError(f"{dataset}: the {split.name} split is empty; training "
+                                   "needs posters in train and val (val picks the best epoch "
+                                   "and tunes the thresholds)")
+    if not resume:
+        _check_out(out, False, [Path(dataset)] + ([Path(config.init)] if config.init else []))
+
+    rank, world, dev = distributed.setup(device)
+    try:
+        if config.batch_size % world:
+            raise PosterGenreError(f"batch size {config.batch_size} must be a multiple of the "
+                                   f"{world} processes")
+        torch.manual_seed(config.seed)
+        model, kwargs = _build(config, train.genres, dataset)
+        if getattr(model, "pretrained", True) is False and distributed.is_main():
+            print(f"warning: {config.model} starts from random weights (no --backbone-weights "
+                  "file given): expect much lower scores than with ImageNet weights",
+                  file=sys.stderr)
+        if distributed.is_main() and not resume:
+            ensure_writable_dir(out)
+            partial = config.mode != "end-to-end"
+            write_config(out, model=config.model, model_kwargs=kwargs, genres=train.genres,
+                         input_size=tuple(model.input_size), dataset=dataset,
+                         train=config.to_dict(), partial_weights=partial)
+        distributed.barrier()
+        options = {"progress": progress}
+        if config.mode == "end-to-end":
+            options = {"device": dev, "cache": cache, "workers": workers}
+        else:
+            options.update(backend=backend, cache_root=cache_root)
+        source = SOURCES[config.mode](model, train, val, config, **options)
+        log = _tensorboard(out) if tensorboard and distributed.is_main() else None
+        state = run_epochs(source, out, config, resume=resume, progress=progress,
+                           time_limit=time_limit, on_epoch_end=on_epoch_end,
+                           log=log and (lambda key, r: [log.add_scalar(k, r[k], r["epoch"])
+                                                        for k in ("train_loss", "val_macro_ap",
+                                                                  "lr")]))
+        if log is not None:
+            log.close()
+    finally:
+        distributed.cleanup()
+    return {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
+            "best_val_macro_ap": state["best"], "seconds": state["seconds"], "world": world,
+            "device": str(dev), "mode": config.mode, "stopped": state.get("stopped")}
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise PosterGenreError("--tensorboard needs TensorBoard: pip install "
+                               "'postergenre[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"))
+

@@ -1,0 +1,202 @@
+"""The three training modes as data sources for the engine (engine.py): what a batch is, what
+computes its logits, and what trains.
+
+  end_to_end       decoded posters (optionally augmented, resampled, sharded across DDP
+                   ranks) through the whole model;
+  cached_features  the frozen backbone's pooled features of every poster, computed once into
+                   the feature cache (features.py), through the head only;
+  cached_trunk     the frozen trunk's output (the map before the last N blocks) of every
+                   poster and its mirror image, cached once, through the last blocks and head.
+
+Each takes the model (built by fit.py), the train and val splits and the settings, and returns
+a `Source`. The model says how to cut it (`features`, `trunk_features`, `tail_logits`, see
+models/registry.py), so no mode tests a model's name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from postergenre.data.dataset import Split
+from postergenre.progress import SILENT, Progress
+from postergenre.train import distributed
+from postergenre.train.augment import apply_affine, random_affine
+from postergenre.train.engine import Source, autocast, epoch_seed
+from postergenre.train.features import FeatureSpec, extract_features
+from postergenre.train.posters import cached_posters
+from postergenre.train.recipes import TrainConfig
+from postergenre.train.sampling import EpochSampler, rare_genre_weights
+
+
+def to_batch(arrays: np.ndarray, index: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Rows of a (n, h, w, 3) uint8 array -> (b, 3, h, w) float in [0, 1] on `device`."""
+    x = torch.from_numpy(np.ascontiguousarray(arrays[index]))
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return x.contiguous(memory_format=fmt)
+
+
+@torch.inference_mode()
+def predict_arrays(model: nn.Module, arrays: np.ndarray, batch_size: int = 128,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """(n, G) probabilities for decoded posters (n, h, w, 3) uint8."""
+    device = torch.device(device)
+    model.eval()
+    out = []
+    for i in range(0, len(arrays), batch_size):
+        x = to_batch(arrays, np.arange(i, min(i + batch_size, len(arrays))), device)
+        with autocast(device):
+            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+@torch.inference_mode()
+def probs_of(logits_of, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Probabilities of cached rows (features, trunk rows) through `logits_of`."""
+    out = [torch.sigmoid(logits_of(torch.from_numpy(rows[i:i + batch_size].astype(np.float32))))
+           for i in range(0, len(rows), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def _order(n: int, generator: torch.Generator, weights: torch.Tensor | None) -> np.ndarray:
+    if weights is not None:
+        return torch.multinomial(weights, n, replacement=True, generator=generator).numpy()
+    return torch.randperm(n, generator=generator).numpy()
+
+
+def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
+               device: torch.device, cache: bool = True, workers: int = 2) -> Source:
+    rank, world = distributed.rank(), distributed.world_size()
+    size = tuple(model.input_size)
+    arrays: dict[str, np.ndarray] = {}
+    for turn in (True, False):  # rank 0 fills the disk cache; the other ranks then read it
+        if distributed.is_main() == turn:
+            for split in (train, val):
+                arrays[split.name] = cached_posters(split.paths, size, cache, workers)
+        distributed.barrier()
+    x_train, x_val = arrays["train"], arrays["val"]
+    y_train = torch.from_numpy(train.labels)
+
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    weights = rare_genre_weights(train.labels, config.resample) if config.resample else None
+    sampler = EpochSampler(len(train), weights, seed=config.seed, rank=rank, world=world)
+    local_batch = config.batch_size // world
+    steps = math.ceil(len(sampler) / local_batch)
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler.set_epoch(epoch)
+        order = sampler.order()
+        local = order[rank::world].numpy()
+        thetas = None
+        if config.augment:
+            g = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 1))
+            thetas = random_affine(len(order), size, g)[rank::world]
+        for s in range(steps):
+            idx = local[s * local_batch:(s + 1) * local_batch]
+            x = to_batch(x_train, idx, device)
+            if thetas is not None:
+                x = apply_affine(x, thetas[s * local_batch:(s + 1) * local_batch])
+            yield x, y_train[idx].to(device, non_blocking=True)
+
+    return Source(model, net, batches, steps, lambda: predict_arrays(model, x_val, device=device),
+                  train.labels, val.labels, train.genres, device=device)
+
+
+def _feature_options(config_options: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    return {"backend": config_options.get("backend", "auto"),
+            "root": config_options.get("cache_root"), "progress": progress}
+
+
+def cached_features(model: nn.Module, train: Split, val: Split, config: TrainConfig,
+                    progress: Progress = SILENT, **options: Any) -> Source:
+    """The head on cached features; with `config.flip` the mirrored posters' features double
+    the training set and the val features are the mean of a poster's and its mirror's."""
+    extract = _feature_options(options, progress)
+    dim = model.feature_dim
+    spec = FeatureSpec(config.model, tuple(model.input_size), "multi")
+
+    def features(split: Split, flip: bool = False) -> np.ndarray:
+        return extract_features(split.paths, spec.mirrored(flip), **extract)[:, :dim]
+
+    x_train, x_val, y_train = features(train), features(val), train.labels
+    if config.flip:
+        x_train = np.concatenate([x_train, features(train, True)])
+        y_train = np.concatenate([y_train, y_train])
+        x_val = (x_val + features(val, True)) / 2
+    model.fit_head_statistics(torch.from_numpy(x_train))
+    return head_on_arrays(model, model.head, x_train, y_train, x_val, val.labels, config,
+                          train.genres, keys=model.trained_keys())
+
+
+def head_on_arrays(model: nn.Module, head: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
+                   x_val: np.ndarray, y_val: np.ndarray, config: TrainConfig,
+                   genres: list[str], keys: list[str] | None = None) -> Source:
+    """`head` (a part of `model`) trained on feature arrays: what `cached_features` runs, and
+    what benchmarks use to compare heads on the same cached features."""
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.float32))
+    weights = (torch.as_tensor(rare_genre_weights(y_train, config.resample))
+               if config.resample > 0 else None)
+    bs = config.batch_size
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = _order(len(x), torch.Generator().manual_seed(epoch_seed(config.seed, epoch)),
+                       weights)
+        for i in range(0, len(order), bs):
+            yield x[order[i:i + bs]], y[order[i:i + bs]]
+
+    return Source(model, head, batches, math.ceil(len(x) / bs), lambda: probs_of(head, x_val),
+                  y_train, y_val, genres, keys=keys)
+
+
+def _frozen_statistics(model: nn.Module) -> None:
+    """Dropout and drop-connect on, every batch-norm layer on its stored statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+
+
+def cached_trunk(model: nn.Module, train: Split, val: Split, config: TrainConfig,
+                 progress: Progress = SILENT, **options: Any) -> Source:
+    """The last `config.trainable_blocks` blocks and the head on the cached trunk; each training
+    poster is seen plain or mirrored at random, batch-norm statistics stay as they were."""
+    extract = dict(_feature_options(options, progress), dtype=np.float16)
+    cut = model.cut_for(config.trainable_blocks)
+    spec = FeatureSpec(config.model, tuple(model.input_size), "multi", cut=cut)
+    rows = {flip: extract_features(train.paths, spec.mirrored(flip), **extract)
+            for flip in (False, True)}
+    val_rows = extract_features(val.paths, spec, **extract)
+    y = torch.from_numpy(train.labels.astype(np.float32))
+    bs = config.batch_size
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+        order = torch.randperm(len(train), generator=g).numpy()
+        mirrored = torch.rand(len(train), generator=g).numpy() < 0.5
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            batch = np.where(mirrored[idx, None], rows[True][idx], rows[False][idx])
+            yield torch.from_numpy(batch.astype(np.float32)), y[idx]
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return model.tail_logits(batch, cut, config.drop_connect)
+
+    return Source(model, forward, batches, math.ceil(len(train) / bs),
+                  lambda: probs_of(lambda r: model.tail_logits(r, cut), val_rows),
+                  train.labels, val.labels, train.genres, keys=model.trained_keys(),
+                  train_mode=lambda: _frozen_statistics(model))
+
+
+SOURCES = {"end-to-end": end_to_end, "features": cached_features, "finetune": cached_trunk}
