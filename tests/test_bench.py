@@ -54,10 +54,3 @@ def test_main_exit_code_and_selection(scripts: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--skip", "nope"])
     assert exit_info.value.code == 2
-
-
-def test_clear_error_without_a_source_checkout(monkeypatch: pytest.MonkeyPatch,
-                                               tmp_path: Path, capsys) -> None:
-    monkeypatch.setattr(bench, "__file__", str(tmp_path / "site" / "postergenre" / "bench.py"))
-    assert bench.main(["--only", "speed"]) == 1
-    assert "benchmarks" in capsys.readouterr().err

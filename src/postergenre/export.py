@@ -64,7 +64,7 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise RunError(f"--opset {opset}: the exporter supports {MIN_OPSET} to {MAX_OPSET}")
     path = Path(path)
-    was_training = module.training
+    modes = {m: m.training for m in module.modules()}
     module.eval()
     buffer = io.BytesIO()
     try:
@@ -76,7 +76,8 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
                 dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
             )
     finally:
-        module.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     data = buffer.getvalue()
     if metadata:
         import onnx
