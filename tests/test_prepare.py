@@ -65,7 +65,8 @@ def test_every_row_and_poster_file_is_accounted_for(prepared) -> None:
     assert report.rows == {"kept": 40, "missing_id": 1, "missing_genre": 1, "duplicate_id": 2,
                            "poster_missing": 1, "poster_invalid": 1}
     assert report.poster_files == {"kept": 40, "invalid": 1, "row_dropped": 1,
-                                   "without_row": 1, "duplicate_file": 1, "not_a_poster": 1}
+                                   "without_row": 1, "duplicate_file": 1, "not_a_poster": 1,
+                                   "unreadable": 0}
     assert report.balanced
     assert report.posters_without_row == ["999999.jpg"]
     assert [d["imdbId"] for d in report.duplicate_conflicts] == [1]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -101,7 +102,8 @@ class Predictor:
 
 # --- inputs: files, folders, URLs ----------------------------------------------------------
 
-URL_TIMEOUT_S = 15.0
+URL_TIMEOUT_S = 15.0  # the longest wait for any one read (connect, headers, a body chunk)
+URL_DEADLINE_S = 30.0  # the longest a whole URL download may take, however the bytes trickle
 MAX_URL_BYTES = 20 * 1024 * 1024
 
 
@@ -109,45 +111,103 @@ def is_url(text: str | os.PathLike) -> bool:
     return isinstance(text, str) and text.lower().startswith(("http://", "https://"))
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+def expand_inputs(inputs: Sequence[str | os.PathLike],
+                  on_error: Callable[[str], None] | None = None) -> list[str]:
     """Files and URLs as given; folders replaced by their image files (recursively, sorted).
 
     Nothing is checked here beyond walking folders: a missing file is reported when it is read.
-    A folder without images is an error.
+    A folder without images (or one that cannot be walked) is an error: raised, or, with
+    `on_error`, reported through it (one line) while the other inputs are kept.
     """
     out: list[str] = []
     for item in inputs:
         path = Path(item)
         if not is_url(item) and path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise PosterGenreError(f"{path}: folder holds no poster images")
+            try:
+                found = _images_in(path)
+            except PosterGenreError as e:
+                if on_error is None:
+                    raise
+                on_error(str(e))
+                continue
             out.extend(str(p) for p in found)
         else:
             out.append(str(item))
     return out
 
 
+def _images_in(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    try:
+        for root, _, names in os.walk(folder, onerror=_raise):  # links to folders not followed
+            found += [p for n in names if (p := Path(root, n)).suffix.lower() in IMAGE_SUFFIXES
+                      and p.is_file()]
+    except OSError as e:
+        raise PosterGenreError(f"{folder}: cannot read the folder ({e.strerror})") from None
+    if not found:
+        raise PosterGenreError(f"{folder}: folder holds no poster images")
+    return sorted(found)
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
 def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_URL_BYTES,
-              client: httpx.Client | None = None) -> bytes:
-    """Download an image URL (redirects followed), refusing bodies over `max_bytes`."""
+              client: httpx.Client | None = None, deadline: float = URL_DEADLINE_S) -> bytes:
+    """Download an image URL (redirects followed), refusing bodies over `max_bytes`.
+
+    `timeout` bounds each read; `deadline` bounds the whole download (a server that trickles
+    a byte a second is given up on after `deadline` seconds). Every failure is an
+    InvalidImageError naming the URL.
+    """
+    box: dict[str, object] = {}
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            box["data"] = _fetch(url, timeout, max_bytes, client, stop)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    # A daemon thread: a server that trickles its headers cannot hold up the process's exit.
+    worker = threading.Thread(target=work, name="fetch-url", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if worker.is_alive():
+        stop.set()  # the worker gives up at its next chunk
+        raise InvalidImageError(f"{url}: download took longer than {deadline:g} s (deadline)")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["data"]  # type: ignore[return-value]
+
+
+def _fetch(url: str, timeout: float, max_bytes: int, client: httpx.Client | None,
+           stop: threading.Event) -> bytes:
     try:
         with (client or httpx).stream("GET", url, timeout=timeout, follow_redirects=True) as r:
             if r.status_code != 200:
                 raise InvalidImageError(f"{url}: HTTP {r.status_code}")
-            if int(r.headers.get("content-length") or 0) > max_bytes:
+            declared = r.headers.get("content-length") or ""
+            if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                 raise InvalidImageError(f"{url}: larger than {max_bytes:,} bytes")
             data = bytearray()
             for chunk in r.iter_bytes():
                 data += chunk
                 if len(data) > max_bytes:
                     raise InvalidImageError(f"{url}: larger than {max_bytes:,} bytes")
+                if stop.is_set():
+                    raise InvalidImageError(f"{url}: deadline passed")
             return bytes(data)
     except httpx.TimeoutException:
         raise InvalidImageError(f"{url}: timed out after {timeout:g} s") from None
+    except httpx.InvalidURL as e:
+        raise InvalidImageError(f"{url}: malformed URL ({e})") from None
     except httpx.HTTPError as e:
         raise InvalidImageError(f"{url}: unreachable ({type(e).__name__})") from None
+    except (ValueError, UnicodeError) as e:  # what the URL parser and IDNA raise
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InvalidImageError(f"{url}: malformed URL ({reason})") from None
 
 
 # --- titles -------------------------------------------------------------------------------
@@ -186,7 +246,7 @@ def file_name(source: str) -> str:
 def imdb_id(source: str) -> int | None:
     """The IMDB id in a poster's file name (`114709.jpg`, `tt0114709.jpg`), else None."""
     stem = file_name(source).rsplit(".", 1)[0].removeprefix("tt")
-    return int(stem) if stem.isdigit() else None
+    return int(stem) if stem.isascii() and stem.isdigit() else None  # '²³'.isdigit() is True
 
 
 def title_of(source: str, titles: dict[int, str]) -> str | None:
@@ -210,7 +270,10 @@ def _decode(source: str, size: tuple[int, int]) -> np.ndarray | str:
         data = fetch_url(source) if is_url(source) else source
         return load_poster_array(data, size)
     except PosterGenreError as e:
-        return str(e)
+        message = str(e)
+        if is_url(source) and message.startswith("uploaded bytes: "):
+            message = f"{source}: {message.removeprefix('uploaded bytes: ')}"
+        return message
 
 
 def predict_stream(predictor: Predictor, sources: Sequence[str], workers: int = 2,

@@ -2,11 +2,14 @@
 
 Exit codes: 0 success; 1 an error explained in one line (bad input, missing file) or, for
 commands over many inputs, at least one input failed; 2 a usage error (unknown option...).
+Any other exception is a bug: `main` prints one line saying so, with the path of a log file in
+the cache folder that holds the traceback, and exits 1 (docs/errors.md lists the messages).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -53,3 +56,31 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:  # anything else is a bug: one line here, the traceback in a log
+        log = write_crash_log(e)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"error: unexpected {type(e).__name__}{': ' + first if first else ''}; "
+              f"this is a bug, please report it with the traceback in {log}", file=sys.stderr)
+        sys.exit(1)
+
+
+def write_crash_log(error: BaseException) -> str:
+    """Write the traceback of an unexpected error to CACHE/logs/crash-*.log; return its path."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    from postergenre.paths import cache_dir
+
+    text = (f"postergenre {__version__}\nargv: {sys.argv!r}\n\n"
+            + "".join(traceback.format_exception(error)))
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (cache_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
+            return str(folder / name)
+        except OSError:
+            continue
+    return "(no log: the cache folder and the temp folder are not writable)"

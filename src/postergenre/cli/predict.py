@@ -42,8 +42,10 @@ def predict(
 ) -> None:
     """Predict the genres of poster files, folders and http(s) URLs.
 
-    Without --model the shipped model is used. Inputs that cannot be read are reported on
-    stderr (one line each) and the others are still predicted; the exit code is then 1.
+    Without --model the shipped model is used. Inputs that cannot be read (a missing file, a
+    folder without posters, a URL that fails) are reported on stderr (one line each) and the
+    others are still predicted; the exit code is then 1. A URL download is given up after 15 s
+    without a byte or 30 s in all.
     """
     from postergenre.predict import (
         FORMATS,
@@ -62,7 +64,13 @@ def predict(
     if output_format not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
     fixed = _parse_threshold(threshold)
-    sources = expand_inputs(paths)
+    bad_inputs: list[str] = []  # folders without posters: reported, the other inputs still done
+    sources = expand_inputs(paths, on_error=bad_inputs.append)
+    for message in bad_inputs:
+        print(f"error: {message}", file=sys.stderr)
+    if not sources:
+        print(f"{len(bad_inputs)} of {len(paths)} inputs failed", file=sys.stderr)
+        raise typer.Exit(1)
     predictor = Predictor.load(model, backend=backend, batch_size=batch_size)
     if fixed is not None:
         predictor.thresholds[:] = fixed
@@ -73,7 +81,7 @@ def predict(
     writer = csv.writer(sys.stdout, lineterminator="\n") if output_format == "csv" else None
     if writer is not None:
         writer.writerow(csv_header(predictor.genres))
-    failed = 0
+    failed = len(bad_inputs)
     with progress_bar(len(sources)) as advance:
         for p in predict_stream(predictor, sources, on_done=advance):
             if p.error is not None:
@@ -92,7 +100,7 @@ def predict(
                 writer.writerow(csv_row(p.source, title, top, p.probabilities))
             sys.stdout.flush()
     if failed:
-        print(f"{failed} of {len(sources)} inputs failed", file=sys.stderr)
+        print(f"{failed} of {len(sources) + len(bad_inputs)} inputs failed", file=sys.stderr)
         raise typer.Exit(1)
 
 

@@ -22,7 +22,7 @@ def render_cleaning_report(report: prepare.PrepareReport) -> Table:
     table.add_row("rows", "[b]total[/b]", f"[b]{report.rows_total:,}[/b]")
     table.add_section()
     for k in prepare.POSTER_OUTCOMES:
-        table.add_row("poster files", k.replace("_", " "), f"{report.poster_files[k]:,}")
+        table.add_row("poster files", k.replace("_", " "), f"{report.poster_files.get(k, 0):,}")
     table.add_row("poster files", "[b]total[/b]", f"[b]{report.posters_total:,}[/b]")
     table.add_section()
     table.add_row("duplicates", "genres disagree", f"{len(report.duplicate_conflicts):,}")

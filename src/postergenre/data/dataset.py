@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,32 +56,81 @@ class Split:
         )
 
 
+# Why a split may not be empty (test may: a dataset can be prepared with --test 0).
+NEEDED = {"train": "training and the prior baseline need it",
+          "val": "thresholds are tuned and models are selected on it"}
+
+
+def read_text(path: Path, what: str) -> str:
+    """A dataset file's UTF-8 text; a one-line DatasetError if it is binary or not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if b"\x00" in data:
+        raise DatasetError(f"{path}: {what} is binary, not text (rerun `data prepare`)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: {what} is not UTF-8 text (byte {data[e.start]:#04x} at "
+                           f"offset {e.start}; rerun `data prepare`)") from None
+
+
 def load_genres(dataset: str | Path) -> list[str]:
     path = Path(dataset) / "genres.json"
     if not path.is_file():
         raise DatasetError(f"{dataset}: not a dataset folder (no genres.json; run `data prepare`)")
-    return list(json.loads(path.read_text(encoding="utf-8"))["genres"])
+    try:
+        genres = json.loads(read_text(path, "the genre list"))["genres"]
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else 'no "genres" list'
+        raise DatasetError(f"{path}: not a genre list ({reason})") from None
+    if (not isinstance(genres, list) or not genres
+            or not all(isinstance(g, str) and g for g in genres) or len(set(genres)) < len(genres)):
+        raise DatasetError(f"{path}: \"genres\" must be a list of distinct genre names")
+    return genres
 
 
-def load_split(dataset: str | Path, name: str) -> Split:
-    """Read DATASET/<name>.csv into a Split."""
+def load_split(dataset: str | Path, name: str, allow_empty: bool | None = None) -> Split:
+    """Read DATASET/<name>.csv into a Split.
+
+    An empty train or val split is an error (see NEEDED) unless `allow_empty` is True;
+    the test split may be empty unless `allow_empty` is False.
+    """
     if name not in SPLITS:
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}, not {name!r}")
     genres = load_genres(dataset)
     path = Path(dataset) / f"{name}.csv"
     if not path.is_file():
         raise DatasetError(f"{path}: split file is missing")
-    df = pd.read_csv(path, dtype={"imdbId": "int64", "poster": str, "title": str, "genres": str},
-                     keep_default_na=False)
+    text = read_text(path, "the split file")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype={"poster": str, "title": str, "genres": str},
+                         keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+        raise DatasetError(f"{path}: not a readable split file ({reason})") from None
     missing = [c for c in BASE_COLUMNS + genres if c not in df.columns]
     if missing:
         raise DatasetError(f"{path}: missing columns {', '.join(missing[:5])}")
+    if allow_empty is None:
+        allow_empty = name not in NEEDED
+    if len(df) == 0 and not allow_empty:
+        why = NEEDED.get(name, "it is the split asked for")
+        raise DatasetError(f"{path}: the {name} split is empty; {why} (rerun `data prepare`)")
+    ids = pd.to_numeric(df["imdbId"], errors="coerce")
+    labels = df[genres].apply(pd.to_numeric, errors="coerce")
+    bad = (ids.isna() | (ids != ids.round()) | (ids.abs() >= 2**63)).to_numpy()
+    if bad.any():
+        raise DatasetError(f"{path}: imdbId must be whole numbers (row {int(np.argmax(bad)) + 1})")
+    if not labels.isin([0, 1]).all().all():
+        raise DatasetError(f"{path}: genre columns must hold 0 or 1")
     return Split(
         name=name,
-        ids=df["imdbId"].to_numpy(np.int64),
+        ids=ids.to_numpy(np.int64),
         paths=[Path(p) for p in df["poster"]],
         titles=df["title"].tolist(),
-        labels=df[genres].to_numpy(np.float32),
+        labels=labels.to_numpy(np.float32),
         genres=genres,
     )
 

@@ -151,7 +151,7 @@ async def _get(client: httpx.AsyncClient, url: str, cfg: DownloadConfig) -> byte
             if ctype and not ctype.startswith("image/") and ctype != "application/octet-stream":
                 raise _Fail(f"content type {ctype}, not an image", retry=False)
             declared = r.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > cfg.max_bytes:
+            if declared.isascii() and declared.isdigit() and int(declared) > cfg.max_bytes:
                 raise _Fail(f"body of {int(declared):,} bytes, over the "
                             f"{cfg.max_bytes:,}-byte limit", retry=False)
             body = bytearray()

@@ -6,7 +6,8 @@ Two layouts are accepted, told apart by their header (names matched case- and sp
 - the short form ``imdbId,Title,Genre``.
 
 Only ``imdbId`` and ``Genre`` are required; ``Title`` and ``Poster`` (the poster URL) are kept
-when present. Nothing is cleaned here beyond parsing: ids that are not integers become missing,
+when present. Nothing is cleaned here beyond parsing: ids that are not whole numbers in ASCII
+digits (`inf`, `nan`, `1.5`, `-3`, `²³`, beyond int64) become missing,
 and every row keeps its 1-based data-row number (``row``; the header and blank lines are not
 counted) so that cleaning can account for each one.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,18 @@ import pandas as pd
 from postergenre.errors import DatasetError
 
 COLUMNS = ["row", "imdbId", "title", "genre", "poster_url"]
+MAX_ID = 2**63 - 1  # ids are stored as int64
+_ID = re.compile(r"(?:tt)?([0-9]+)(?:\.0*)?")  # ASCII digits only: '²³' is no id
+
+
+def parse_id(text: str) -> int | None:
+    """An IMDB id ('114709', 'tt0114709', '114709.0') as an int; None for anything else
+    (empty, negative, fractional, inf, nan, non-ASCII digits, beyond int64)."""
+    match = _ID.fullmatch(text.strip())
+    if match is None:
+        return None
+    value = int(match.group(1))
+    return value if value <= MAX_ID else None
 
 
 @dataclass
@@ -116,11 +130,9 @@ def read_labels(path: str | Path) -> Labels:
             return df[by_key[key]].astype(str).str.strip()
         return pd.Series([""] * len(df), dtype=str)
 
-    ids = pd.to_numeric(column("imdbid").str.removeprefix("tt"), errors="coerce")
-    whole = ids.notna() & (ids >= 0) & (ids == ids.round())
     table = pd.DataFrame({
         "row": range(1, len(df) + 1),
-        "imdbId": ids.where(whole).astype("Int64"),
+        "imdbId": pd.array([parse_id(v) for v in column("imdbid")], dtype="Int64"),
         "title": column("title"),
         "genre": column("genre"),
         "poster_url": column("poster"),

@@ -13,8 +13,14 @@ Cleaning, in order; each input row ends in exactly one outcome:
 
 Each file in the posters folder also ends in exactly one outcome: ``kept``, ``invalid``,
 ``row_dropped`` (its row was dropped at steps 1-3), ``without_row``, ``duplicate_file`` (a
-second file for the same id, e.g. 123.jpg and 123.png; the .jpg wins) or ``not_a_poster``
-(a name that is not ``<imdbId>.<image extension>``). The report checks both sums.
+second file for the same id, e.g. 123.jpg and 123.png; the .jpg wins), ``not_a_poster``
+(a name that is not ``<imdbId>.<image extension>``, the id in ASCII digits) or
+``unreadable`` (a dangling symbolic link, a link loop, an entry that cannot be examined);
+sub-folders are not searched. The report checks both sums.
+
+A data set that cannot make a split is a one-line error: fewer than ``MIN_MOVIES`` kept
+movies, or every kept movie with the same genres (nothing to learn). So is a seed outside
+[0, 2**32 - 1].
 
 The genre vocabulary is the sorted set of the kept movies' genres (MultiLabelBinarizer
 semantics). The train/val/test split uses iterative stratification for multi-label data
@@ -45,7 +51,9 @@ from postergenre.progress import SILENT, Progress
 ROW_OUTCOMES = ("kept", "missing_id", "missing_genre", "duplicate_id", "poster_missing",
                 "poster_invalid")
 POSTER_OUTCOMES = ("kept", "invalid", "row_dropped", "without_row", "duplicate_file",
-                   "not_a_poster")
+                   "not_a_poster", "unreadable")
+MAX_SEED = 2**32 - 1  # what numpy's RandomState accepts
+MIN_MOVIES = 10  # fewer kept movies cannot make three useful splits
 
 
 @dataclass
@@ -85,13 +93,23 @@ class PrepareReport:
 def index_posters(posters: Path) -> tuple[dict[int, Path], dict[str, list[str]]]:
     """Map imdbId -> poster file; also the names that are duplicates or not poster files."""
     by_id: dict[int, Path] = {}
-    odd: dict[str, list[str]] = {"duplicate_file": [], "not_a_poster": []}
+    odd: dict[str, list[str]] = {"duplicate_file": [], "not_a_poster": [], "unreadable": []}
     rank = {ext: i for i, ext in enumerate(IMAGE_SUFFIXES)}
-    with os.scandir(posters) as entries:
-        files = sorted(e.name for e in entries if e.is_file())
-    for name in files:
+    files = []
+    try:
+        with os.scandir(posters) as entries:
+            for entry in entries:
+                kind = _entry_kind(entry)
+                if kind == "file":
+                    files.append(entry.name)
+                elif kind == "unreadable":
+                    odd["unreadable"].append(entry.name)
+    except OSError as e:
+        raise DatasetError(f"{posters}: cannot list the posters folder ({e.strerror})") from None
+    odd["unreadable"].sort()
+    for name in sorted(files):
         stem, ext = os.path.splitext(name)
-        if not stem.isdigit() or ext.lower() not in rank:
+        if not (stem.isascii() and stem.isdigit()) or ext.lower() not in rank:
             odd["not_a_poster"].append(name)
             continue
         key, path = int(stem), posters / name
@@ -102,6 +120,35 @@ def index_posters(posters: Path) -> tuple[dict[int, Path], dict[str, list[str]]]
         else:
             by_id[key] = path
     return by_id, odd
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    """'file', 'folder' (not searched) or 'unreadable' (a dangling link, a link loop...)."""
+    try:
+        if entry.is_file():
+            return "file"
+        if entry.is_dir():
+            return "folder"
+        return "unreadable" if entry.is_symlink() else "other"
+    except OSError:  # ELOOP and the like
+        return "unreadable"
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise DatasetError(f"--seed {seed}: must be a whole number in [0, {MAX_SEED}]")
+
+
+def check_splittable(source: Path, kept_genres: list[list[str]]) -> None:
+    """Refuse a data set too small to split, or one whose movies all share the same genres."""
+    if len(kept_genres) < MIN_MOVIES:
+        raise DatasetError(f"{source}: only {len(kept_genres)} movies left after cleaning; "
+                           f"at least {MIN_MOVIES} are needed to split train/val/test")
+    sets = {frozenset(g) for g in kept_genres}
+    if len(sets) == 1:
+        only = SEPARATOR.join(sorted(next(iter(sets))))
+        raise DatasetError(f"{source}: every movie left after cleaning has the genres {only}; "
+                           "a classifier needs movies with different genres")
 
 
 def _check(path: Path) -> str | None:
@@ -146,6 +193,7 @@ def split_indices(y: np.ndarray, val: float = 0.15, test: float = 0.15,
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
     check_ratios(val, test)
+    check_seed(seed)
     rng = np.random.RandomState(seed)
 
     def carve(index: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
@@ -207,6 +255,7 @@ def poster_outcomes(ids: pd.Series, outcome: pd.Series, by_id: dict[int, Path],
         "without_row": len(without_row),
         "duplicate_file": len(odd["duplicate_file"]),
         "not_a_poster": len(odd["not_a_poster"]),
+        "unreadable": len(odd["unreadable"]),
     }
     return counts, without_row
 
@@ -224,6 +273,7 @@ def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *,
     if not posters.is_dir():
         reason = "is not a folder" if posters.exists() else "does not exist"
         raise DatasetError(f"{posters}: posters folder {reason}")
+    check_seed(seed)
     movies = read_labels(labels)
     check_ratios(val, test)
     out = ensure_writable_dir(out)
@@ -239,9 +289,16 @@ def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *,
                            f"({_summary(outcome)})")
 
     kept_genres = genre_lists[keep].tolist()
+    check_splittable(movies.source, kept_genres)
     vocabulary = build_vocabulary(kept_genres)
     y = multi_hot(kept_genres, vocabulary)
     parts = split_indices(y, val, test, seed)
+    ratios = {"train": 1 - val - test, "val": val, "test": test}
+    empty = [name for name in SPLITS if ratios[name] > 0 and len(parts[name]) == 0]
+    if empty:
+        raise DatasetError(f"{movies.source}: {len(y)} movies are too few for the "
+                           f"{' and '.join(empty)} split at these ratios; add movies or raise "
+                           "the ratio")
     kept_ids = table.loc[keep, "imdbId"].astype("int64").to_numpy()
     dataset = pd.DataFrame({
         "imdbId": kept_ids,
@@ -258,7 +315,7 @@ def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *,
         labels=str(labels), posters=str(posters), out=str(out), layout=movies.layout,
         rows_total=len(table),
         rows={k: int((outcome == k).sum()) for k in ROW_OUTCOMES},
-        posters_total=len(by_id) + len(odd["duplicate_file"]) + len(odd["not_a_poster"]),
+        posters_total=len(by_id) + sum(len(v) for v in odd.values()),
         poster_files=poster_files,
         fallback_lines=movies.fallback_lines,
         duplicate_conflicts=conflicts,

@@ -68,7 +68,8 @@ def card(splits: Mapping[str, np.ndarray], genres: Sequence[str], k: int = 3) ->
 
 def load_labels(dataset: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """The vocabulary and each split's label matrix of a prepared dataset."""
-    return load_genres(dataset), {name: load_split(dataset, name).labels for name in SPLITS}
+    splits = {name: load_split(dataset, name, allow_empty=name != "train") for name in SPLITS}
+    return load_genres(dataset), {name: split.labels for name, split in splits.items()}
 
 
 def plot_genre_distribution(dataset: str | Path, out: str | Path) -> Path:

@@ -129,7 +129,7 @@ class BodyLimit:
             return
         limit, message = self.limits[scope["path"]]
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             await JSONResponse({"detail": message}, 413)(scope, receive, send)
             return
         received = 0
