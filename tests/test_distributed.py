@@ -36,7 +36,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
               "input_size=[76,76]", "--model-arg", "conv_dropout=0", "--model-arg",
               "dense_dropout=0", "--epochs", "2", "--batch-size", "8", "--augment",
               "--optimizer", "sgd", "--lr", "0.01",
-              "--device", "cpu", "--no-progress"]
+              "--device", "cpu", "--precision", "fp32", "--no-progress"]
     one = [sys.executable, "-m", "postergenre", *common, "--out", str(tmp_path / "one")]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "postergenre", *common, "--out", str(tmp_path / "two")]

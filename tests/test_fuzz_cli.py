@@ -121,9 +121,9 @@ def run_cli(*args: object) -> tuple[int, str]:
     return code if isinstance(code, int) else 1, out.getvalue() + err.getvalue()
 
 
-# Damaged run folders are being handled inside run.py / export.py by the training refactor:
-# until then an unexpected error raised there is recorded (a warning), not failed.
-ELSEWHERE = ("run.py", "export.py")
+# Modules whose unexpected errors are recorded (a warning) instead of failed: none now. Name a
+# module here only while a known gap in it is being fixed.
+ELSEWHERE: tuple[str, ...] = ()
 KNOWN: list[str] = []
 
 

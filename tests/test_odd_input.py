@@ -341,7 +341,7 @@ def test_ids_in_file_names_use_ascii_digits_only() -> None:
 @pytest.mark.parametrize("error", [ValueError("boom\nsecond line"), KeyError("k"),
                                    ZeroDivisionError()])
 def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path, error) -> None:
-    import postergenre.data.stats as stats
+    import postergenre.cli.tables as stats
 
     def broken(*args, **kwargs):
         raise error
@@ -361,7 +361,7 @@ def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path
 
 
 def test_the_guard_falls_back_to_the_temp_folder(monkeypatch, capsys, tmp_path) -> None:
-    import postergenre.data.stats as stats
+    import postergenre.cli.tables as stats
 
     blocker = tmp_path / "file"
     blocker.write_text("")

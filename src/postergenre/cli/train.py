@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from postergenre.errors import PosterGenreError
-from postergenre.train.recipes import LOSSES, MODES, OPTIMIZERS, RECIPES, SCHEDULES
+from postergenre.train.recipes import LOSSES, MODES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
 def _model_kwargs(items: list[str]) -> dict:
@@ -73,6 +73,9 @@ def train(
     augment: bool = typer.Option(None, "--augment/--no-augment", help="end-to-end: the "
                                  "original augmentation (rotate, zoom, shift, shear, flip); on "
                                  "for seed-vgg16, off for seed-custom (as the notebook)."),
+    precision: str = typer.Option(None, help=f"end-to-end: {' | '.join(PRECISIONS)} for the "
+                                  "forward pass (auto: bfloat16 where the CPU or GPU runs it "
+                                  "natively, else fp32; weights stay fp32)."),
     flip: bool = typer.Option(None, "--flip/--no-flip", help="features: train on mirrored "
                               "posters too and average both at prediction."),
     patience: int = typer.Option(None, help="Early stopping: epochs without a better val macro "
@@ -129,6 +132,7 @@ def train(
     options = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                    weight_decay=weight_decay, schedule=schedule, loss=loss,
                    pos_weight=pos_weight, resample=resample, augment=augment, flip=flip,
+                   precision=precision,
                    patience=patience, seed=seed, drop_connect=drop_connect,
                    init=str(init) if init else None,
                    backbone_weights=str(backbone_weights) if backbone_weights else None)

@@ -63,6 +63,7 @@ class Source:
     keys: list[str] | None = None  # state-dict keys the run stores (None: all of them)
     train_mode: Callable[[], None] | None = None  # default: model.train()
     device: torch.device = torch.device("cpu")
+    precision: str = "fp32"  # of the forward pass: "fp32", "bf16" or "auto" (engine.autocast)
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
@@ -98,12 +99,33 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def autocast(device: torch.device):
-    """bfloat16 (or float16) autocast on CUDA; nothing on the CPU."""
-    if device.type != "cuda":
+def cpu_has_bf16() -> bool:
+    """True when oneDNN runs bfloat16 natively here (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' on CUDA and on CPUs with native bfloat16, else 'fp32'."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision for the forward pass: bfloat16 (float16 on CUDA without bfloat16) when
+    `precision` resolves to 'bf16'; nothing for 'fp32'. Weights, gradients and the optimizer
+    stay float32."""
+    if resolve_precision(precision, device) == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    dtype = torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def val_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -174,8 +196,9 @@ def run_epochs(source: Source, out: Path, config: TrainConfig, *, resume: bool =
         progress.start("batches", source.steps)
         total, seen = 0.0, 0
         for inputs, targets in source.batches(epoch):
-            with autocast(dev):
-                loss = loss_fn(source.forward(inputs), targets)
+            with autocast(dev, source.precision):
+                logits = source.forward(inputs)
+            loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

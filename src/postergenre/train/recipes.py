@@ -22,6 +22,7 @@ MODES = ("end-to-end", "features", "finetune")
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant", "onecycle")
 LOSSES = ("bce", "asl")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TrainConfig:
     pos_weight_max: float = 10.0
     resample: float = 0.0  # rare-genre resampling power; 0 = plain shuffling
     augment: bool = False  # end-to-end: the original affine augmentation + flips
+    precision: str = "auto"  # end-to-end forward pass: bf16 where the CPU/GPU runs it natively
     flip: bool = False  # features: train on mirrored posters too, average both at prediction
     patience: int = 5  # stop after this many epochs without a better val macro AP; 0 = never
     seed: int = 0
@@ -53,7 +55,8 @@ class TrainConfig:
         for name, value, choices in (("mode", self.mode, MODES),
                                      ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("schedule", self.schedule, SCHEDULES),
-                                     ("loss", self.loss, LOSSES)):
+                                     ("loss", self.loss, LOSSES),
+                                     ("precision", self.precision, PRECISIONS)):
             if value not in choices:
                 raise PosterGenreError(f"--{name} must be one of {', '.join(choices)}, "
                                        f"not {value!r}")
@@ -91,7 +94,7 @@ _COMMON = {"model", "model_kwargs", "mode", "epochs", "batch_size", "optimizer",
            "patience", "seed", "recipe"}
 # The settings each mode reads: giving another one is an error.
 MODE_OPTIONS: dict[str, set[str]] = {
-    "end-to-end": _COMMON | {"augment", "backbone_weights"},
+    "end-to-end": _COMMON | {"augment", "backbone_weights", "precision"},
     "features": _COMMON | {"flip"},
     "finetune": _COMMON | {"init", "trainable_blocks", "drop_connect"},
 }

@@ -38,20 +38,19 @@ def to_batch(arrays: np.ndarray, index: np.ndarray, device: torch.device) -> tor
     """Rows of a (n, h, w, 3) uint8 array -> (b, 3, h, w) float in [0, 1] on `device`."""
     x = torch.from_numpy(np.ascontiguousarray(arrays[index]))
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return x.contiguous(memory_format=fmt)
+    return x.contiguous(memory_format=torch.channels_last)  # what oneDNN and cuDNN run fastest
 
 
 @torch.inference_mode()
 def predict_arrays(model: nn.Module, arrays: np.ndarray, batch_size: int = 128,
-                   device: torch.device | str = "cpu") -> np.ndarray:
+                   device: torch.device | str = "cpu", precision: str = "fp32") -> np.ndarray:
     """(n, G) probabilities for decoded posters (n, h, w, 3) uint8."""
     device = torch.device(device)
     model.eval()
     out = []
     for i in range(0, len(arrays), batch_size):
         x = to_batch(arrays, np.arange(i, min(i + batch_size, len(arrays))), device)
-        with autocast(device):
+        with autocast(device, precision):
             out.append(torch.sigmoid(model(x).float()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -83,9 +82,7 @@ def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
     x_train, x_val = arrays["train"], arrays["val"]
     y_train = torch.from_numpy(train.labels)
 
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -110,8 +107,10 @@ def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
                 x = apply_affine(x, thetas[s * local_batch:(s + 1) * local_batch])
             yield x, y_train[idx].to(device, non_blocking=True)
 
-    return Source(model, net, batches, steps, lambda: predict_arrays(model, x_val, device=device),
-                  train.labels, val.labels, train.genres, device=device)
+    precision = config.precision
+    return Source(model, net, batches, steps,
+                  lambda: predict_arrays(model, x_val, device=device, precision=precision),
+                  train.labels, val.labels, train.genres, device=device, precision=precision)
 
 
 def _feature_options(config_options: dict[str, Any], progress: Progress) -> dict[str, Any]:
