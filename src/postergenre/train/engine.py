@@ -43,7 +43,7 @@ from postergenre.run import (
 )
 from postergenre.train import distributed
 from postergenre.train.losses import make_loss, positive_weights
-from postergenre.train.recipes import TrainConfig
+from postergenre.train.recipes import TrainConfig, make_optimizer, make_schedule
 
 CHECKPOINT = "checkpoint"
 
@@ -68,35 +68,6 @@ class Source:
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + salt) % (2**63)
-
-
-_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
-    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, eps=1e-7, weight_decay=wd),  # Keras eps
-    "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, alpha=0.9, eps=1e-7,  # Keras's
-                                                     weight_decay=wd),
-    "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True,
-                                             weight_decay=wd),
-}
-
-
-def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    return _OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay)
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
-                  ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step learning-rate factors: cosine decay, constant, or one-cycle (10% warm-up)."""
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, pct_start=0.1,
-                                                   total_steps=max(total, 1))
-    if config.schedule == "cosine":
-        def factor(step: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-    else:
-        def factor(step: int) -> float:
-            return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def cpu_has_bf16() -> bool:

@@ -13,16 +13,21 @@ An option that the mode does not use is an error naming both, never silently ign
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+import torch
+from torch import nn
 
 from postergenre.errors import PosterGenreError
 
 MODES = ("end-to-end", "features", "finetune")
-OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant", "onecycle")
 LOSSES = ("bce", "asl")
 PRECISIONS = ("auto", "fp32", "bf16")
+
 
 
 @dataclass
@@ -98,6 +103,36 @@ MODE_OPTIONS: dict[str, set[str]] = {
     "features": _COMMON | {"flip"},
     "finetune": _COMMON | {"init", "trainable_blocks", "drop_connect"},
 }
+
+# Each optimizer by name; Keras's epsilon (and RMSprop's rho) where the originals used Keras.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
+    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, eps=1e-7, weight_decay=wd),
+    "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, alpha=0.9, eps=1e-7,
+                                                     weight_decay=wd),
+    "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True,
+                                             weight_decay=wd),
+}
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate factors: cosine decay, constant, or one-cycle (10% warm-up)."""
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, pct_start=0.1,
+                                                   total_steps=max(total, 1))
+    if config.schedule == "cosine":
+        def factor(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    else:
+        def factor(step: int) -> float:
+            return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
 
 # Keras defaults the originals ran with: Adam(lr=1e-3), RMSprop(lr=1e-4, rho=0.9); no decay,
 # no early stopping. The custom CNN's notebook fits plain arrays (no augmentation); the VGG16
