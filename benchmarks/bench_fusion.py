@@ -1,0 +1,219 @@
+"""Title + year text model and its late fusion with the poster model: the "Fusion" tables of
+docs/benchmarks.md.
+
+    python benchmarks/bench_fusion.py [DATASET] [--sections variants,forms,test]
+
+variants: text-model settings, each fitted on train and scored on val (deltas against the
+first row). forms: fusion forms on val, each scored out of fold (5-fold cross-fitting within
+val), with the poster model's val scores. test: the final rows on test, every figure beside the
+prior, with bootstrap 95% intervals.
+
+The poster model is the shipped one (`Predictor.load()`); its val and test probabilities are
+cached in POSTERGENRE_CACHE (or a temp folder) as .npy, keyed by the split's poster ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from postergenre.data.dataset import load_split
+from postergenre.evaluate.metrics import (
+    bootstrap_ci,
+    compare_with_prior,
+    evaluate_scores,
+    prior_scores,
+    roc_auc,
+    tune_thresholds,
+)
+from postergenre.models.text import TitleModel
+from postergenre.train.text import cross_fit_fusion, fit_fusion
+
+BASE = {"word_ngrams": (1, 2), "char_ngrams": (2, 5), "year": "decade", "C": 1.0, "fold": True}
+VARIANTS = [
+    ("title + decade (word 1-2, char 2-5, repaired and folded, C 1)", {}),
+    ("no year", {"year": "none"}),
+    ("no year, raw title (no repair, no folding)", {"year": "none", "fold": False}),
+    ("raw title (no repair, no folding)", {"fold": False}),
+    ("decade + 5-year bins", {"year": "decade+5y"}),
+    ("year weight 2", {"year_weight": 2.0}),
+    ("year weight 0.5", {"year_weight": 0.5}),
+    ("word 1-1", {"word_ngrams": (1, 1)}),
+    ("char 1-4", {"char_ngrams": (1, 4)}),
+    ("char 3-6", {"char_ngrams": (3, 6)}),
+    ("C 0.5", {"C": 0.5}),
+    ("C 2", {"C": 2.0}),
+    ("2^15 hashed features per block (7 MB of weights)", {"n_features": 2**15}),
+]
+COLUMNS = ("top3_hit", "macro_ap", "micro_ap", "macro_roc_auc", "macro_f1")
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("POSTERGENRE_CACHE") or Path(tempfile.gettempdir()))
+    path = root / "bench-fusion"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def poster_probs(split, run: str | None) -> np.ndarray:
+    """The poster model's probabilities for a split (cached)."""
+    from postergenre.predict import Predictor, predict_stream
+
+    key = f"{Path(run).name if run else 'default'}-{split.name}-{len(split)}-{split.ids.sum()}"
+    path = cache_dir() / f"poster-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    predictor = Predictor.load(run)
+    out = []
+    for p in predict_stream(predictor, [str(s) for s in split.paths]):
+        if p.error is not None:
+            raise SystemExit(f"error: {p.error}")
+        out.append(p.probabilities)
+    probs = np.stack(out).astype(np.float32)
+    np.save(path, probs)
+    return probs
+
+
+def row(name: str, r: dict, base: dict | None = None) -> str:
+    cells = []
+    for c in COLUMNS:
+        v = r[c]
+        d = f" ({v - base[c]:+.3f})" if base is not None else ""
+        cells.append(f"{v:.3f}{d}")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def header(first: str = "variant") -> str:
+    names = ("top-3 hit", "macro AP", "micro AP", "macro ROC-AUC", "macro F1 (val thresholds)")
+    return f"| {first} | " + " | ".join(names) + " |\n|" + " --- |" * (len(COLUMNS) + 1)
+
+
+def val_scores(y, s, genres, thresholds=None):
+    """On val, thresholds tuned on the same val scores (the same for every row)."""
+    return evaluate_scores(y, s, genres, thresholds=tune_thresholds(y, s)
+                           if thresholds is None else thresholds)
+
+
+def section_variants(train, val, log: dict) -> None:
+    print("\n### Text-model variants (fitted on train, val split; deltas against the first row)\n")
+    print(header())
+    prior = prior_scores(train.labels, len(val))
+    print(row("prior (train genre frequencies)", val_scores(val.labels, prior, val.genres)))
+    base = None
+    for name, change in VARIANTS:
+        t = time.perf_counter()
+        model = TitleModel(train.genres, **{**BASE, **change}).fit(train.titles, train.labels)
+        fit_s = time.perf_counter() - t
+        r = val_scores(val.labels, model.predict_proba(val.titles), val.genres)
+        print(row(f"{name} (fit {fit_s:.0f} s)", r, base), flush=True)
+        log["variants"].append({"name": name, "settings": change, "fit_s": fit_s,
+                                **{c: r[c] for c in COLUMNS}})
+        base = base or r
+
+
+def section_forms(train, val, pv, text_val, log: dict) -> None:
+    print("\n### Fusion forms (val, out of fold: 5-fold cross-fitting within val)\n")
+    print(header("fusion"))
+    print(row("poster only (the shipped model, which was refitted on train + val)",
+              val_scores(val.labels, pv, val.genres)))
+    base = None
+    for form in ("global", "per-genre", "stack"):
+        fused = cross_fit_fusion(pv, text_val, val.labels, train.labels, val.genres, form)
+        r = val_scores(val.labels, fused, val.genres)
+        print(row(form, r, base), flush=True)
+        log["forms"].append({"form": form, **{c: r[c] for c in COLUMNS}})
+        base = base or r
+
+
+def section_test(dataset, train, val, test, pv, pt, run, form, log: dict) -> None:
+    print("\n### Test split, beside the prior (bootstrap 95% intervals, 1,000 resamples)\n")
+    genres = train.genres
+    text_only = TitleModel(genres, **{**BASE, "year": "none"}).fit(train.titles, train.labels)
+    text = TitleModel(genres, **BASE).fit(train.titles, train.labels)
+    t = time.perf_counter()
+    both = train.titles + val.titles
+    text_tv = TitleModel(genres, **BASE).fit(both, np.concatenate([train.labels, val.labels]))
+    refit_s = time.perf_counter() - t
+    fusion = fit_fusion(pv, text.decision_function(val.titles), val.labels, train.labels, genres,
+                        form)
+    fused_val = fusion(pv, text.decision_function(val.titles))
+    rows = {
+        "title only (no year; fitted on train)": (text_only.predict_proba(test.titles),
+                                                  text_only.predict_proba(val.titles)),
+        "title + year (fitted on train)": (text.predict_proba(test.titles),
+                                           text.predict_proba(val.titles)),
+        "poster only (the shipped model, int8)": (pt, pv),
+        f"poster + title + year, {form} fusion (text fitted on train)":
+            (fusion(pt, text.decision_function(test.titles)), fused_val),
+        f"**poster + title + year, {form} fusion, text refitted on train + val** (to ship)":
+            (fusion(pt, text_tv.decision_function(test.titles)), fused_val),
+    }
+    print(header("model").replace(" |\n|", " | top-3 hit 95% | macro AP 95% | macro ROC-AUC 95% |"
+                                   "\n|", 1) + " --- | --- | --- |")
+    columns = None
+    first = True
+    for name, (s_test, s_val) in rows.items():
+        res = compare_with_prior(test.labels, s_test, genres, train.labels,
+                                 thresholds=tune_thresholds(val.labels, s_val))
+        m = res["model"]
+        columns = np.array([genres.index(g) for g in m["macro_genres"]])
+        auc_ci = bootstrap_ci(test.labels, [s_test],
+                              lambda a, b, cols=columns: float(np.nanmean(roc_auc(a, b)[cols])))[0]
+        if first:
+            p = res["prior"]
+            p_auc = "0.500"
+            print(row("prior (train genre frequencies)", p)
+                  + f" [{p['ci']['top3_hit'][0]:.3f}, {p['ci']['top3_hit'][1]:.3f}]"
+                  f" | [{p['ci']['macro_ap'][0]:.3f}, {p['ci']['macro_ap'][1]:.3f}] | {p_auc} |")
+            log["test"].append({"name": "prior", **{c: p[c] for c in COLUMNS}, "ci": p["ci"]})
+            first = False
+        ci = m["ci"]
+        print(row(name, m) + f" [{ci['top3_hit'][0]:.3f}, {ci['top3_hit'][1]:.3f}]"
+              f" | [{ci['macro_ap'][0]:.3f}, {ci['macro_ap'][1]:.3f}]"
+              f" | [{auc_ci[0]:.3f}, {auc_ci[1]:.3f}] |", flush=True)
+        log["test"].append({"name": name, **{c: m[c] for c in COLUMNS},
+                            "ci": {**ci, "macro_roc_auc": list(auc_ci)}})
+    log["fusion"] = fusion.to_json()
+    log["refit_s"] = refit_s
+    t = time.perf_counter()
+    text_tv.decision_function(test.titles)
+    per_title_ms = 1000 * (time.perf_counter() - t) / len(test)
+    log["text_ms_per_title_batched"] = per_title_ms
+    print(f"\nfusion weights ({form}): " + ", ".join(
+        f"{g} {w:.2f}" for g, w in zip(genres, fusion.text_weight, strict=True)))
+    print(f"text model: refit on train + val {refit_s:.0f} s; scoring {per_title_ms:.3f} ms per "
+          f"title (batch of {len(test)})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dataset", nargs="?", default="datasets/shared")
+    ap.add_argument("--sections", default="variants,forms,test")
+    ap.add_argument("--run", default=None, help="poster run (default: the shipped model)")
+    ap.add_argument("--form", default="per-genre", help="fusion form of the test rows")
+    ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    args = ap.parse_args()
+    sections = args.sections.split(",")
+    train, val, test = (load_split(args.dataset, s) for s in ("train", "val", "test"))
+    log: dict = {"variants": [], "forms": [], "test": []}
+    if "variants" in sections:
+        section_variants(train, val, log)
+    pv = poster_probs(val, args.run) if {"forms", "test"} & set(sections) else None
+    if "forms" in sections:
+        text = TitleModel(train.genres, **BASE).fit(train.titles, train.labels)
+        section_forms(train, val, pv, text.decision_function(val.titles), log)
+    if "test" in sections:
+        section_test(args.dataset, train, val, test, pv, poster_probs(test, args.run), args.run,
+                     args.form, log)
+    if args.json:
+        Path(args.json).write_text(json.dumps(log, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
