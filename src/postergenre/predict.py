@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import torch
 
 from postergenre.backends import BACKENDS, OnnxBackend, TorchBackend, onnx_available
@@ -63,6 +64,7 @@ class Predictor:
         self.input_size: tuple[int, int] = run.input_size
         self.batch_size = batch_size
         self.backend = make_backend(run, backend, device)
+        self.text = load_text_side(run)  # None unless the run has a title model (RUN/text/)
 
     @classmethod
     def load(cls, run: str | Path | None = None, **kwargs) -> Predictor:
@@ -79,9 +81,29 @@ class Predictor:
         """Decode and resize posters into one (N, 3, H, W) float32 array in [0, 1]."""
         return load_poster_batch(sources, self.input_size)
 
-    def predict_files(self, sources: Sequence[PosterSource]) -> np.ndarray:
-        """Probabilities for poster files or bytes (raises InvalidImageError for a bad one)."""
-        return self.predict_proba(self.load_batch(sources))
+    def predict_files(self, sources: Sequence[PosterSource],
+                      titles: Sequence[str | None] | None = None) -> np.ndarray:
+        """Probabilities for poster files or bytes (raises InvalidImageError for a bad one);
+        with `titles` (one per source, None or "" for none) and a run with a title model,
+        the rows with a title are fused with it (`fuse`)."""
+        probs = self.predict_proba(self.load_batch(sources))
+        return probs if titles is None else self.fuse(probs, titles)[0]
+
+    def fuse(self, probabilities: np.ndarray, titles: Sequence[str | None]
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Poster probabilities fused with the title model for rows with a non-empty title:
+        (probabilities, (n,) bool which rows were fused). Rows without a title, and every row
+        when the run has no title model, are returned unchanged."""
+        if len(titles) != len(probabilities):
+            raise PosterGenreError(f"{len(titles)} titles for {len(probabilities)} posters")
+        used = np.array([self.text is not None and bool(t and t.strip()) for t in titles], bool)
+        out = np.array(probabilities, copy=True)
+        if used.any():
+            model, fusion, _ = self.text
+            rows = np.flatnonzero(used)
+            text_logits = model.decision_function([titles[i] for i in rows])
+            out[rows] = fusion(out[rows], text_logits)
+        return out, used
 
     def top_k(self, probabilities: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         """The k best genres of each row, best first."""
@@ -91,13 +113,34 @@ class Predictor:
             for row, p in zip(order, probabilities, strict=True)
         ]
 
-    def over_threshold(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]]:
-        """Genres whose probability reaches their tuned threshold, best first."""
+    def over_threshold(self, probabilities: np.ndarray, fused: np.ndarray | None = None
+                       ) -> list[list[tuple[str, float]]]:
+        """Genres whose probability reaches their tuned threshold, best first (for rows
+        marked in `fused`, the thresholds tuned for the fused scores)."""
         result = []
-        for p in probabilities:
-            hits = [(self.genres[j], float(p[j])) for j in np.flatnonzero(p >= self.thresholds)]
+        for i, p in enumerate(probabilities):
+            thr = self.thresholds
+            if fused is not None and fused[i] and self.text is not None:
+                thr = self.text[2]
+            hits = [(self.genres[j], float(p[j])) for j in np.flatnonzero(p >= thr)]
             result.append(sorted(hits, key=lambda t: -t[1]))
         return result
+
+
+def load_text_side(run: Run):
+    """(TitleModel, Fusion, fused thresholds) of a run with a title model, else None."""
+    meta = run.config.get("text")
+    if not meta:
+        return None
+    from postergenre.models.text import Fusion, TitleModel
+
+    folder = run.path / meta.get("folder", "text")
+    model, fusion = TitleModel.load(folder), Fusion.load(folder)
+    if model.genres != run.genres or fusion.genres != run.genres:
+        raise PosterGenreError(f"{folder}: the title model's genres differ from the run's")
+    path = folder / "thresholds.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return model, fusion, np.array([saved.get(g, 0.5) for g in run.genres], np.float32)
 
 
 # --- inputs: files, folders, URLs ----------------------------------------------------------
@@ -236,6 +279,25 @@ def load_titles(labels: str | os.PathLike | None = None, run: Run | None = None)
     return titles
 
 
+def read_titles(path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
+    """imdbId -> title from a labels CSV (MovieGenre.csv or imdbId,Title,Genre), and one line
+    for each row that cannot be used (no integer imdbId, no title); those rows are skipped."""
+    from postergenre.data.movies import read_labels
+
+    labels = read_labels(path)
+    titles: dict[int, str] = {}
+    bad: list[str] = []
+    for row, i, title in zip(labels.table["row"], labels.table["imdbId"],
+                             labels.table["title"], strict=True):
+        if i is None or i is pd.NA:
+            bad.append(f"{path}: row {row}: no integer imdbId")
+        elif not title:
+            bad.append(f"{path}: row {row}: no title")
+        else:
+            titles[int(i)] = title
+    return titles, bad
+
+
 def file_name(source: str) -> str:
     """The last part of a path or URL (query string dropped)."""
     if is_url(source):
@@ -320,14 +382,18 @@ def format_table_row(name: str, top: list[tuple[str, float]], width: int = 0) ->
 
 
 def json_record(source: str, title: str | None, top: list[tuple[str, float]],
-                probabilities: np.ndarray, genres: Sequence[str]) -> str:
-    """One JSON object per line: path, title (null when unknown), top genres, every score."""
+                probabilities: np.ndarray, genres: Sequence[str],
+                signals: Sequence[str] | None = None) -> str:
+    """One JSON object per line: path, title (null when unknown), top genres, every score;
+    `signals` (["poster"] or ["poster", "title"]) when titles were asked for."""
     record = {
         "path": source,
         "title": title,
         "top": [[g, round(p, 4)] for g, p in top],
         "scores": {g: round(float(p), 4) for g, p in zip(genres, probabilities, strict=True)},
     }
+    if signals is not None:
+        record["signals"] = list(signals)
     return json.dumps(record, ensure_ascii=False)
 
 

@@ -37,6 +37,16 @@ def predict(
         help="A labels CSV (MovieGenre.csv or imdbId,Title,Genre) to show titles of posters "
              "named <imdbId>.jpg; titles of the run's dataset are used when it is present.",
     ),
+    title: str | None = typer.Option(
+        None, "--title",
+        help='The movie\'s title, e.g. "Nerve (2016)", fused with the poster when the model '
+             "has a title model (one poster only).",
+    ),
+    titles_file: Path | None = typer.Option(
+        None, "--titles",
+        help="A labels CSV (MovieGenre.csv or imdbId,Title,Genre) whose titles are fused with "
+             "posters named <imdbId>.jpg; posters without a row are scored from the poster only.",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Posters per model call."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
@@ -55,9 +65,11 @@ def predict(
         expand_inputs,
         file_name,
         format_table_row,
+        imdb_id,
         json_record,
         load_titles,
         predict_stream,
+        read_titles,
         title_of,
     )
 
@@ -71,11 +83,29 @@ def predict(
     if not sources:
         print(f"{len(bad_inputs)} of {len(paths)} inputs failed", file=sys.stderr)
         raise typer.Exit(1)
+    if title is not None and len(sources) != 1:
+        raise typer.BadParameter(f"gives the title of one poster, not {len(sources)}",
+                                 param_hint="--title")
     predictor = Predictor.load(model, backend=backend, batch_size=batch_size)
     if fixed is not None:
         predictor.thresholds[:] = fixed
+        if predictor.text is not None:
+            predictor.text[2][:] = fixed
     titles = load_titles(labels, predictor.run)
-    names = {s: title_of(s, titles) or file_name(s) for s in sources}
+    fuse_titles: dict[str, str] | None = None  # source -> the title fused with its poster
+    if title is not None:
+        fuse_titles = {sources[0]: title.strip()} if title.strip() else {}
+    elif titles_file is not None:
+        table, bad = read_titles(titles_file)
+        for line in bad:
+            print(f"warning: {line} (skipped)", file=sys.stderr)
+        fuse_titles = {s: t for s in sources if (t := title_of(s, table))}
+    if fuse_titles is not None:
+        titles.update({i: t for s, t in fuse_titles.items() if (i := imdb_id(s)) is not None})
+        if predictor.text is None:
+            print("warning: the model has no title model: posters only", file=sys.stderr)
+    names = {s: (fuse_titles or {}).get(s) or title_of(s, titles) or file_name(s)
+             for s in sources}
     width = min(max((len(n) for n in names.values()), default=0), 48)
 
     writer = csv.writer(sys.stdout, lineterminator="\n") if output_format == "csv" else None
@@ -88,16 +118,19 @@ def predict(
                 failed += 1
                 print(f"error: {p.error}", file=sys.stderr)
                 continue
-            probs = p.probabilities[None]
-            top = (predictor.over_threshold(probs) if threshold is not None
-                   else predictor.top_k(probs, top_k))[0]
-            title = title_of(p.source, titles)
+            probs, signals = p.probabilities[None], None
+            if fuse_titles is not None:
+                probs, used = predictor.fuse(probs, [fuse_titles.get(p.source)])
+                signals = ["poster", "title"] if used[0] else ["poster"]
+            top = (predictor.over_threshold(probs, used if signals else None)
+                   if threshold is not None else predictor.top_k(probs, top_k))[0]
+            title = (fuse_titles or {}).get(p.source) or title_of(p.source, titles)
             if output_format == "table":
                 print(format_table_row(names[p.source], top, width))
             elif output_format == "json":
-                print(json_record(p.source, title, top, p.probabilities, predictor.genres))
+                print(json_record(p.source, title, top, probs[0], predictor.genres, signals))
             else:
-                writer.writerow(csv_row(p.source, title, top, p.probabilities))
+                writer.writerow(csv_row(p.source, title, top, probs[0]))
             sys.stdout.flush()
     if failed:
         print(f"{failed} of {len(sources) + len(bad_inputs)} inputs failed", file=sys.stderr)

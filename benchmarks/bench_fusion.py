@@ -1,0 +1,281 @@
+"""Title + year text model and its late fusion with the poster model: the "Fusion" tables of
+docs/benchmarks.md.
+
+    python benchmarks/bench_fusion.py [DATASET] [--sections variants,forms,test]
+
+variants: text-model settings, each fitted on train and scored on val (deltas against the
+first row). forms: fusion forms on val, each scored out of fold (5-fold cross-fitting within
+val), with the poster model's val scores. test: the final rows on test, every figure beside the
+prior, with bootstrap 95% intervals.
+
+The poster model is the shipped one (`Predictor.load()`); its val and test probabilities are
+cached in POSTERGENRE_CACHE (or a temp folder) as .npy, keyed by the split's poster ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from postergenre.data.dataset import load_split
+from postergenre.evaluate.metrics import (
+    bootstrap_ci,
+    compare_with_prior,
+    evaluate_scores,
+    prior_scores,
+    roc_auc,
+    tune_thresholds,
+)
+from postergenre.models.text import TitleModel
+from postergenre.train.text import cross_fit_fusion, fit_fusion
+
+BASE = {"word_ngrams": (1, 2), "char_ngrams": (2, 5), "year": "decade", "C": 1.0, "fold": True}
+VARIANTS = [
+    ("title + decade (word 1-2, char 2-5, repaired and folded, C 1)", {}),
+    ("no year", {"year": "none"}),
+    ("raw title (no repair, no folding)", {"fold": False}),
+    ("decade + 5-year bins", {"year": "decade+5y"}),
+    ("year weight 2", {"year_weight": 2.0}),
+    ("word 1-1", {"word_ngrams": (1, 1)}),
+    ("char 3-6", {"char_ngrams": (3, 6)}),
+    ("C 0.5", {"C": 0.5}),
+    ("C 2", {"C": 2.0}),
+]
+PROXY_SPEC = {"input_size": (368, 250), "pool": "multi"}  # the shipped model's frozen features
+COLUMNS = ("top3_hit", "macro_ap", "micro_ap", "macro_roc_auc", "macro_f1")
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("POSTERGENRE_CACHE") or Path(tempfile.gettempdir()))
+    path = root / "bench-fusion"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def poster_probs(split, run: str | None) -> np.ndarray:
+    """The poster model's probabilities for a split (cached)."""
+    from postergenre.predict import Predictor, predict_stream
+
+    key = f"{Path(run).name if run else 'default'}-{split.name}-{len(split)}-{split.ids.sum()}"
+    path = cache_dir() / f"poster-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    predictor = Predictor.load(run)
+    out = []
+    for p in predict_stream(predictor, [str(s) for s in split.paths]):
+        if p.error is not None:
+            raise SystemExit(f"error: {p.error}")
+        out.append(p.probabilities)
+    probs = np.stack(out).astype(np.float32)
+    np.save(path, probs)
+    return probs
+
+
+def proxy_probs(train, val) -> np.ndarray:
+    """Val probabilities of a poster model that never saw val: an MLP head (256 GELU, dropout
+    0.6, AdamW lr 3e-4, weight decay 0.1, 25 epochs, seed 0; the shipped head's recipe without
+    early stopping) on the shipped model's frozen Lite0 368 x 250 features, fitted on train.
+    The shipped model was refitted on train + val, so its own val scores are memorised."""
+    import torch
+
+    from postergenre.train.features import FeatureSpec, extract_features
+
+    path = cache_dir() / f"proxy-val-{len(val)}-{val.ids.sum()}.npy"
+    if path.is_file():
+        return np.load(path)
+    spec = FeatureSpec(**PROXY_SPEC)
+    xtr, xva = (extract_features([str(p) for p in s.paths], spec) for s in (train, val))
+    mean, std = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xva = ((x - mean) / std for x in (xtr, xva))
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Dropout(0.6), torch.nn.Linear(xtr.shape[1], 256),
+                               torch.nn.GELU(), torch.nn.Dropout(0.6),
+                               torch.nn.Linear(256, len(train.genres)))
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-4, weight_decay=0.1)
+    x, y = torch.from_numpy(xtr.astype(np.float32)), torch.from_numpy(train.labels)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        head.train()
+        for idx in torch.randperm(len(x), generator=gen).split(256):
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(head(x[idx]), y[idx]).backward()
+            opt.step()
+    head.eval()
+    with torch.inference_mode():
+        probs = torch.sigmoid(head(torch.from_numpy(xva.astype(np.float32)))).numpy()
+    np.save(path, probs)
+    return probs
+
+
+def row(name: str, r: dict, base: dict | None = None) -> str:
+    cells = []
+    for c in COLUMNS:
+        v = r[c]
+        d = f" ({v - base[c]:+.3f})" if base is not None else ""
+        cells.append(f"{v:.3f}{d}")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def header(first: str = "variant") -> str:
+    names = ("top-3 hit", "macro AP", "micro AP", "macro ROC-AUC", "macro F1 (val thresholds)")
+    return f"| {first} | " + " | ".join(names) + " |\n|" + " --- |" * (len(COLUMNS) + 1)
+
+
+def val_scores(y, s, genres, thresholds=None):
+    """On val, thresholds tuned on the same val scores (the same for every row)."""
+    return evaluate_scores(y, s, genres, thresholds=tune_thresholds(y, s)
+                           if thresholds is None else thresholds)
+
+
+def section_variants(train, val, log: dict) -> None:
+    print("\n### Text-model variants (fitted on train, val split; deltas against the first row)\n")
+    print(header())
+    prior = prior_scores(train.labels, len(val))
+    print(row("prior (train genre frequencies)", val_scores(val.labels, prior, val.genres)))
+    base = None
+    for name, change in VARIANTS:
+        t = time.perf_counter()
+        model = TitleModel(train.genres, **{**BASE, **change}).fit(train.titles, train.labels)
+        fit_s = time.perf_counter() - t
+        r = val_scores(val.labels, model.predict_proba(val.titles), val.genres)
+        print(row(f"{name} (fit {fit_s:.0f} s)", r, base), flush=True)
+        log["variants"].append({"name": name, "settings": change, "fit_s": fit_s,
+                                **{c: r[c] for c in COLUMNS}})
+        base = base or r
+
+
+def section_forms(train, val, pv, px, text_val, log: dict) -> None:
+    print("\n### Fusion forms (val, out of fold: 5-fold cross-fitting within val)\n")
+    print(header("fusion"))
+    print(row("the shipped model on val (memorised: it was refitted on train + val)",
+              val_scores(val.labels, pv, val.genres)))
+    print(row("poster proxy: the shipped head's recipe on its frozen features, train only",
+              val_scores(val.labels, px, val.genres)))
+    for form in ("global", "per-genre", "stack"):
+        fused = cross_fit_fusion(pv, text_val, val.labels, train.labels, val.genres, form)
+        r = val_scores(val.labels, fused, val.genres)
+        print(row(f"{form}, fitted on the shipped model's memorised val scores", r), flush=True)
+    base = None
+    for form in ("global", "per-genre", "stack"):
+        fused = cross_fit_fusion(px, text_val, val.labels, train.labels, val.genres, form)
+        r = val_scores(val.labels, fused, val.genres)
+        print(row(f"proxy + title + year, {form} (deltas against global)", r, base), flush=True)
+        log["forms"].append({"form": form, **{c: r[c] for c in COLUMNS}})
+        base = base or r
+
+
+def section_test(dataset, train, val, test, pv, px, pt, run, form, log: dict) -> None:
+    print("\n### Test split, beside the prior (bootstrap 95% intervals, 1,000 resamples)\n")
+    genres = train.genres
+    text_only = TitleModel(genres, **{**BASE, "year": "none"}).fit(train.titles, train.labels)
+    text = TitleModel(genres, **BASE).fit(train.titles, train.labels)
+    t = time.perf_counter()
+    both = train.titles + val.titles
+    text_tv = TitleModel(genres, **BASE).fit(both, np.concatenate([train.labels, val.labels]))
+    refit_s = time.perf_counter() - t
+    # weights fitted on val with the proxy poster model (which never saw val), then applied to
+    # the shipped poster model; thresholds tuned on val for the proxy's fused scores
+    fusion = fit_fusion(px, text.decision_function(val.titles), val.labels, train.labels, genres,
+                        form)
+    fused_val = fusion(px, text.decision_function(val.titles))
+    rows = {
+        "title only (no year; fitted on train)": (text_only.predict_proba(test.titles),
+                                                  text_only.predict_proba(val.titles)),
+        "title + year (fitted on train)": (text.predict_proba(test.titles),
+                                           text.predict_proba(val.titles)),
+        "poster only (the shipped model, int8)": (pt, pv),
+        "poster only, thresholds tuned on the proxy's val scores": (pt, px),
+        f"poster + title + year, {form} fusion (text fitted on train)":
+            (fusion(pt, text.decision_function(test.titles)), fused_val),
+        f"**poster + title + year, {form} fusion, text refitted on train + val** (to ship)":
+            (fusion(pt, text_tv.decision_function(test.titles)), fused_val),
+    }
+    print(header("model").replace(" |\n|", " | top-3 hit 95% | macro AP 95% | macro ROC-AUC 95% |"
+                                   "\n|", 1) + " --- | --- | --- |")
+    columns = None
+    first = True
+    for name, (s_test, s_val) in rows.items():
+        res = compare_with_prior(test.labels, s_test, genres, train.labels,
+                                 thresholds=tune_thresholds(val.labels, s_val))
+        m = res["model"]
+        columns = np.array([genres.index(g) for g in m["macro_genres"]])
+        auc_ci = bootstrap_ci(test.labels, [s_test],
+                              lambda a, b, cols=columns: float(np.nanmean(roc_auc(a, b)[cols])))[0]
+        if first:
+            p = res["prior"]
+            p_auc = "0.500"
+            print(row("prior (train genre frequencies)", p)
+                  + f" [{p['ci']['top3_hit'][0]:.3f}, {p['ci']['top3_hit'][1]:.3f}]"
+                  f" | [{p['ci']['macro_ap'][0]:.3f}, {p['ci']['macro_ap'][1]:.3f}] | {p_auc} |")
+            log["test"].append({"name": "prior", **{c: p[c] for c in COLUMNS}, "ci": p["ci"]})
+            first = False
+        ci = m["ci"]
+        print(row(name, m) + f" [{ci['top3_hit'][0]:.3f}, {ci['top3_hit'][1]:.3f}]"
+              f" | [{ci['macro_ap'][0]:.3f}, {ci['macro_ap'][1]:.3f}]"
+              f" | [{auc_ci[0]:.3f}, {auc_ci[1]:.3f}] |", flush=True)
+        log["test"].append({"name": name, **{c: m[c] for c in COLUMNS},
+                            "ci": {**ci, "macro_roc_auc": list(auc_ci)}})
+    log["fusion"] = fusion.to_json()
+    log["refit_s"] = refit_s
+    t = time.perf_counter()
+    text_tv.decision_function(test.titles)
+    per_title_ms = 1000 * (time.perf_counter() - t) / len(test)
+    log["text_ms_per_title_batched"] = per_title_ms
+    print(f"\nfusion weights ({form}): " + ", ".join(
+        f"{g} {w:.2f}" for g, w in zip(genres, fusion.text_weight, strict=True)))
+    print(f"text model: refit on train + val {refit_s:.0f} s; scoring {per_title_ms:.3f} ms per "
+          f"title (batch of {len(test)})")
+
+
+def build(dataset: str, out: str, train, val, run: str | None, form: str) -> None:
+    """The poster run (default: the shipped model) copied to `out`, with RUN/text/: fusion
+    weights fitted on val with the proxy's val scores, text model refitted on train + val."""
+    import shutil
+
+    from postergenre.run import default_run_dir
+    from postergenre.train.text import fit_and_save
+
+    shutil.copytree(run or default_run_dir(), out, dirs_exist_ok=True)
+    folder = fit_and_save(out, dataset, proxy_probs(train, val), ("train", "val"), form, **BASE)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(f"\nwrote {folder} ({size / 1e6:.2f} MB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dataset", nargs="?", default="datasets/shared")
+    ap.add_argument("--sections", default="variants,forms,test")
+    ap.add_argument("--run", default=None, help="poster run (default: the shipped model)")
+    ap.add_argument("--form", default="per-genre", help="fusion form of the test rows")
+    ap.add_argument("--build", default=None, metavar="OUT",
+                    help="also write the shipped model with the title model (refitted on train "
+                         "+ val) and its fusion into the run folder OUT")
+    ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    args = ap.parse_args()
+    sections = args.sections.split(",")
+    train, val, test = (load_split(args.dataset, s) for s in ("train", "val", "test"))
+    log: dict = {"variants": [], "forms": [], "test": []}
+    if "variants" in sections:
+        section_variants(train, val, log)
+    pv = poster_probs(val, args.run) if {"forms", "test"} & set(sections) else None
+    px = proxy_probs(train, val) if {"forms", "test"} & set(sections) else None
+    if "forms" in sections:
+        text = TitleModel(train.genres, **BASE).fit(train.titles, train.labels)
+        section_forms(train, val, pv, px, text.decision_function(val.titles), log)
+    if "test" in sections:
+        section_test(args.dataset, train, val, test, pv, px, poster_probs(test, args.run),
+                     args.run, args.form, log)
+    if args.build:
+        build(args.dataset, args.build, train, val, args.run, args.form)
+    if args.json:
+        Path(args.json).write_text(json.dumps(log, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Posters with titles: fused scores only where a title is given, poster-only otherwise."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_poster, make_tiny_run
+from typer.testing import CliRunner
+
+from postergenre.cli import app
+from postergenre.models.text import Fusion, TitleModel
+from postergenre.predict import Predictor
+from postergenre.train.text import save_text
+
+GENRES = ["Comedy", "Drama", "Horror"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same tiny poster run twice: without, and with a title model."""
+    root = tmp_path_factory.mktemp("runs")
+    plain = make_tiny_run(root / "plain", GENRES)
+    fused = root / "fused"
+    shutil.copytree(plain, fused)
+    titles = ["Crazy Wedding (1999)", "Mother River (1960)", "Zombie Blood (1985)"] * 20
+    y = np.tile(np.eye(3, dtype=np.float32), (20, 1))
+    model = TitleModel(GENRES, n_features=2**10).fit(titles, y)
+    fusion = Fusion(GENRES, "global", np.ones(3), np.ones(3), np.zeros(3), np.full(3, -0.7))
+    save_text(fused, model, fusion, np.full(3, 0.4), {"fusion_fitted_on": "val"})
+    posters = [make_poster(root / "p" / f"{i}.jpg", seed=i, size=(80, 80)) for i in (11, 12)]
+    return plain, fused, posters
+
+
+def test_fused_only_with_a_title(runs) -> None:
+    plain, fused, posters = runs
+    a, b = Predictor.load(plain, backend="torch"), Predictor.load(fused, backend="torch")
+    assert a.text is None and b.text is not None
+    base = a.predict_files(posters)
+    assert np.array_equal(b.predict_files(posters), base)
+    assert np.array_equal(b.predict_files(posters, titles=[None, "  "]), base)
+    assert np.array_equal(a.predict_files(posters, titles=["Zombie Blood (1985)", None]), base)
+    out = b.predict_files(posters, titles=["Zombie Blood (1985)", None])
+    assert not np.allclose(out[0], base[0]) and np.array_equal(out[1], base[1])
+    assert out[0][2] > base[0][2] and out[0][0] < base[0][0]  # the title says Horror
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["predict", "--backend", "torch", "--format", "json", *args])
+
+
+def test_cli_title(runs) -> None:
+    _, fused, posters = runs
+    r = _invoke(str(posters[0]), "--model", str(fused), "--title", "Zombie Blood (1985)")
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout.splitlines()[0])
+    assert record["signals"] == ["poster", "title"] and record["title"] == "Zombie Blood (1985)"
+    plain = json.loads(_invoke(str(posters[0]), "--model", str(fused)).stdout.splitlines()[0])
+    assert "signals" not in plain and plain["scores"] != record["scores"]
+    r = _invoke(str(posters[0]), str(posters[1]), "--model", str(fused), "--title", "X (2000)")
+    assert r.exit_code == 2
+
+
+def test_cli_titles_file_with_bad_rows(runs, tmp_path) -> None:
+    _, fused, posters = runs
+    csv = tmp_path / "movies.csv"
+    csv.write_text("imdbId,Title,Genre\n11,Zombie Blood (1985),Horror\nabc,Bad Id (1990),Drama\n"
+                   "13,,Drama\n", encoding="utf-8")
+    r = _invoke(*map(str, posters), "--model", str(fused), "--titles", str(csv))
+    assert r.exit_code == 0, r.output
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [rec["signals"] for rec in records] == [["poster", "title"], ["poster"]]
+    assert "row 2: no integer imdbId" in r.stderr and "row 3: no title" in r.stderr
