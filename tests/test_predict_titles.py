@@ -73,3 +73,23 @@ def test_cli_titles_file_with_bad_rows(runs, tmp_path) -> None:
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert [rec["signals"] for rec in records] == [["poster", "title"], ["poster"]]
     assert "row 2: no integer imdbId" in r.stderr and "row 3: no title" in r.stderr
+
+
+def test_evaluate_prints_poster_only_and_fused_side_by_side(runs, tmp_path) -> None:
+    from conftest import make_small_dataset
+
+    plain, fused, _ = runs
+    dataset = make_small_dataset(tmp_path, GENRES, (6, 3, 12))
+    result = CliRunner().invoke(app, ["evaluate", str(fused), "--data", str(dataset),
+                                      "--backend", "torch", "--no-report", "--bootstrap", "0",
+                                      "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "poster only" in result.output and "poster + title" in result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["fused"]["posters_with_title"] == 12
+    assert metrics["fused"]["micro_ap"] != metrics["model"]["micro_ap"]
+    result = CliRunner().invoke(app, ["evaluate", str(plain), "--data", str(dataset),
+                                      "--backend", "torch", "--no-report", "--bootstrap", "0",
+                                      "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0 and "poster + title" not in result.output
+    assert "fused" not in json.loads((tmp_path / "p" / "metrics.json").read_text())

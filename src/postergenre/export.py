@@ -32,7 +32,7 @@ from postergenre.data.images import load_poster_batch
 from postergenre.errors import RunError
 from postergenre.io import atomic_write_bytes
 from postergenre.paths import cache_dir
-from postergenre.run import CONFIG, WEIGHTS, Run
+from postergenre.run import WEIGHTS, Run
 
 OPSET = 17  # the default; the exporter accepts MIN_OPSET..MAX_OPSET
 MIN_OPSET, MAX_OPSET = 9, 20
@@ -153,16 +153,21 @@ def _after_convs(path: Path) -> list[str]:
     return [n.name for n in nodes if n.name not in feeds_conv]
 
 
+GRAPH_KEYS = ("model", "model_kwargs", "genres", "input_size")  # what makes the poster graph
+
+
 def run_fingerprint(run: Run) -> str:
-    """A short hash of the run's config and weights: changes whenever the run is retrained."""
-    digest = hashlib.sha256()
-    for name in (CONFIG, WEIGHTS):
-        file = run.path / name
-        if not file.is_file():
-            raise RunError(f"{file}: file is missing")
-        with file.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+    """A short hash of what defines the run's poster graph (model, its settings, genres, input
+    size) and of its weights: changes whenever the run is retrained, not when metadata such as
+    a title model is added."""
+    file = run.path / WEIGHTS
+    if not file.is_file():
+        raise RunError(f"{file}: file is missing")
+    digest = hashlib.sha256(json.dumps({k: run.config.get(k) for k in GRAPH_KEYS},
+                                       sort_keys=True).encode())
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()[:16]
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from postergenre.errors import RunError
-from postergenre.io import atomic_open, atomic_write_json
+from postergenre.io import atomic_open, atomic_write_bytes, atomic_write_json
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -111,10 +111,7 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path,
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    atomic_write_bytes(path, save(state))
 
 
 def _read_json(path: Path) -> Any:
@@ -167,12 +164,14 @@ def load_run(path: str | Path | None = None) -> Run:
 
 def write_config(run_dir: Path, *, model: str, model_kwargs: dict[str, Any], genres: list[str],
                  input_size: tuple[int, int], dataset: str | Path | None,
-                 train: dict[str, Any], partial_weights: bool = False) -> None:
-    """The one writer of RUN/config.json (atomic)."""
+                 train: dict[str, Any], partial_weights: bool = False,
+                 text: dict[str, Any] | None = None) -> None:
+    """The one writer of RUN/config.json (atomic). `text` describes a title model in RUN/text/
+    (train/text.py)."""
     atomic_write_json(run_dir / CONFIG, {
         "model": model, "model_kwargs": model_kwargs, "genres": list(genres),
         "input_size": list(input_size), "dataset": str(dataset) if dataset else None,
-        "partial_weights": partial_weights, "train": train})
+        "partial_weights": partial_weights, "train": train, **({"text": text} if text else {})})
 
 
 def holds_run(run_dir: Path) -> bool:

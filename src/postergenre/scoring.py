@@ -60,6 +60,7 @@ def evaluate_run(
     n_boot: int = 1000,
     backend: str = "auto",
     report: bool = True,
+    titles: bool = True,
     on_done: Callable[[int], None] | None = None,
     on_error: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def evaluate_run(
     `dataset` defaults to the run config's "dataset". F1 and Hamming loss use the run's tuned
     thresholds (thresholds.json) when it has one for every genre, else thresholds tuned here
     on the val split. Posters that cannot be read are reported through `on_error` and skipped.
+    When the run has a title model (and `titles`), the split's titles are fused with the posters
+    and results["fused"] holds the fused scores (thresholds tuned for them on val).
     """
     predictor = Predictor.load(run, backend=backend)
     r = predictor.run
@@ -92,6 +95,11 @@ def evaluate_run(
     results = compare_with_prior(y, scores, genres, train_y, thresholds, n_boot=n_boot)
     results = {"run": str(r.path), "dataset": str(dataset), "split": split,
                "thresholds_from": source, **results}
+    if predictor.text is not None and titles:  # the run has a title model: fused scores too
+        fused, used = predictor.fuse(scores, list(test.titles))
+        results["fused"] = compare_with_prior(y, fused, genres, train_y, predictor.text[2],
+                                              n_boot=n_boot)["model"]
+        results["fused"]["posters_with_title"] = int(used.sum())
     atomic_write_json(out_dir / "metrics.json", results)
     if report:
         write_report(out_dir / "report.html", results, y, scores, genres, thresholds,

@@ -23,6 +23,8 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--bootstrap", min=0,
                                help="Bootstrap resamples for the 95% intervals (0: none)."),
     no_report: bool = typer.Option(False, "--no-report", help="Write metrics.json only."),
+    titles: bool = typer.Option(True, "--titles/--no-titles", help="When the run has a title "
+                                "model, also score the posters fused with their titles."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Score a run on a dataset split, every metric beside the prior baseline.
@@ -47,7 +49,8 @@ def evaluate(
     failures: list[str] = []
     with progress_bar(total) as advance:
         results = evaluate_run(run, data, split, out, n_boot=n_boot, backend=backend,
-                               report=not no_report, on_done=advance, on_error=failures.append)
+                               report=not no_report, titles=titles, on_done=advance,
+                               on_error=failures.append)
     for message in failures[:10]:
         print(f"warning: skipped {message}", file=sys.stderr)
     if len(failures) > 10:
@@ -65,12 +68,16 @@ def _print_summary(results: dict) -> None:
     from postergenre.evaluate.metrics import HEADLINE
 
     model, prior = results["model"], results["prior"]
+    columns = {"model" if "fused" not in results else "poster only": model}
+    if "fused" in results:
+        columns["poster + title"] = results["fused"]
+    columns["prior"] = prior
     table = Table(title=f"{results['split']} split: {model['n_posters']} posters")
-    for column in ("metric", "model", "prior"):
+    for column in ("metric", *columns):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for key, *_ in HEADLINE:
         cells = []
-        for res in (model, prior):
+        for res in columns.values():
             value = res.get(key)
             ci = res.get("ci", {}).get(key)
             text = "-" if value is None else f"{value:.3f}"

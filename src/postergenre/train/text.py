@@ -97,7 +97,7 @@ def cross_fit_fusion(poster_probs: np.ndarray, text_logits: np.ndarray, labels: 
 def save_text(run_dir: str | Path, model: TitleModel, fusion: Fusion, thresholds: np.ndarray,
               meta: dict[str, Any]) -> Path:
     """Write RUN/text/ and record `meta` under config.json["text"]."""
-    from postergenre.run import load_run, save_config
+    from postergenre.run import load_run, write_config
 
     run = load_run(run_dir)
     if list(model.genres) != run.genres or list(fusion.genres) != run.genres:
@@ -107,10 +107,12 @@ def save_text(run_dir: str | Path, model: TitleModel, fusion: Fusion, thresholds
     fusion.save(folder)
     atomic_write_json(folder / THRESHOLDS,
                       {g: float(t) for g, t in zip(run.genres, thresholds, strict=True)})
-    config = dict(run.config)
-    config["text"] = {"folder": TEXT_DIR, **model.settings(), "fusion": fusion.form, **meta}
-    config["text"].pop("genres", None)
-    save_config(Path(run_dir), config)
+    text = {"folder": TEXT_DIR, **model.settings(), "fusion": fusion.form, **meta}
+    text.pop("genres", None)
+    c = run.config
+    write_config(Path(run_dir), model=c["model"], model_kwargs=c["model_kwargs"],
+                 genres=c["genres"], input_size=c["input_size"], dataset=c["dataset"],
+                 train=c["train"], partial_weights=c["partial_weights"], text=text)
     return folder
 
 
