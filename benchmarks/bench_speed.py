@@ -8,6 +8,8 @@ posters, one after the other:
   onnx           the same model in onnxruntime, as `postergenre predict` runs it by default:
                  int8 when the run carries a checked int8 graph (`export --int8`), else fp32
   onnx-fp32      onnxruntime fp32, when `onnx` ran int8
+  onnx+titles    `onnx` with every poster's title (from DATA/movies.csv) fused in, as
+                 `predict --titles` does it; skipped when the run has no title model
   vgg16-original the original project's VGG16 at 200 x 150 in PyTorch eager (random weights:
                  only its cost matters)
   vgg16-onnx     the same VGG16 in onnxruntime fp32: the original architecture at its best here
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIGS = ("torch", "onnx", "onnx-fp32", "vgg16-original", "vgg16-onnx")
+CONFIGS = ("torch", "onnx", "onnx-fp32", "onnx+titles", "vgg16-original", "vgg16-onnx")
 TARGETS = {"throughput": 150.0, "p50_ms": 15.0, "vs_vgg16": 5.0}
 
 
@@ -63,15 +65,24 @@ def random_run(model: str, directory: Path, **kwargs) -> Path:
     return directory
 
 
-def measure(run: str | None, backend: str, paths: list[Path], latency_n: int) -> dict:
-    """Runs in the worker process: every figure for one configuration."""
+def movie_titles(data: Path) -> dict[int, str]:
+    from postergenre.predict import read_titles
+
+    return read_titles(data / "movies.csv")[0]
+
+
+def measure(run: str | None, backend: str, paths: list[Path], latency_n: int,
+            titles: dict[int, str] | None = None) -> dict:
+    """Runs in the worker process: every figure for one configuration; with `titles`, each
+    poster's title is fused with it (the text path's cost included)."""
     import torch
 
     from postergenre.backends import physical_cores
-    from postergenre.predict import Predictor, make_backend, predict_stream
+    from postergenre.predict import Predictor, imdb_id, make_backend, predict_stream
 
     torch.set_num_threads(physical_cores())
     predictor = Predictor.load(run, backend="torch" if backend == "torch" else "onnx")
+    title = (lambda p: titles.get(imdb_id(str(p)))) if titles else (lambda p: None)
     if backend == "onnx-fp32":
         predictor.backend = make_backend(predictor.run, "onnx-fp32")
     warm = predictor.load_batch(paths[:64])
@@ -82,14 +93,18 @@ def measure(run: str | None, backend: str, paths: list[Path], latency_n: int) ->
     model_only = len(warm) / (time.perf_counter() - start)
 
     start = time.perf_counter()
-    scored = list(predict_stream(predictor, [str(p) for p in paths]))
+    scored = []
+    for p in predict_stream(predictor, [str(p) for p in paths]):
+        if titles and p.error is None:  # as `predict --titles`: one fusion per poster
+            p.probabilities = predictor.fuse(p.probabilities[None], [title(p.source)])[0][0]
+        scored.append(p)
     throughput = len(scored) / (time.perf_counter() - start)
     failed = sum(s.error is not None for s in scored)
 
     latencies = []
     for path in paths[-latency_n:]:
         start = time.perf_counter()
-        predictor.predict_files([path])
+        predictor.predict_files([path], titles=[title(path)] if titles else None)
         latencies.append(1000 * (time.perf_counter() - start))
     card = predictor.run.path / "int8.json"
     int8_check = json.loads(card.read_text()) if backend == "onnx" and card.is_file() else None
@@ -120,7 +135,10 @@ def worker(args: argparse.Namespace) -> None:
                 load_run(None)
             except RunError:  # no shipped model in this checkout: same architecture, random head
                 run = str(random_run("efficientnet-lite0", Path(tmp)))
-        print(json.dumps(measure(run, backend, paths, args.latency_n)))
+        titles = None
+        if backend == "onnx+titles":
+            backend, titles = "onnx", movie_titles(args.data)
+        print(json.dumps(measure(run, backend, paths, args.latency_n, titles)))
 
 
 def run_config(config: str, args: argparse.Namespace) -> dict:
@@ -131,6 +149,16 @@ def run_config(config: str, args: argparse.Namespace) -> dict:
     if out.returncode != 0:
         sys.exit(f"error: {config} failed:\n{out.stderr.strip()}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def has_title_model(run: str | None) -> bool:
+    from postergenre.errors import RunError
+    from postergenre.run import load_run
+
+    try:
+        return bool(load_run(run).config.get("text"))
+    except RunError:
+        return False
 
 
 def report(results: dict[str, dict]) -> None:
@@ -179,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     for config in args.only:
         if config == "onnx-fp32" and not results.get("onnx", {}).get("int8", True):
             continue  # `onnx` already ran fp32
+        if config == "onnx+titles" and not has_title_model(args.run):
+            continue
         results[config] = run_config(config, args)
         print(f"{config}: {json.dumps(results[config])}", flush=True)
     report(results)
