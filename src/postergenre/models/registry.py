@@ -3,7 +3,8 @@
 A builder is registered with `@register_model("name")` and called as
 `builder(num_genres, **kwargs) -> nn.Module`. Every model takes a float tensor
 (N, 3, H, W) in [0, 1] (the poster loader's output), normalises it itself, and returns
-logits (N, num_genres). Each model has an `input_size` attribute, (height, width).
+logits (N, num_genres). Each model has an `input_size` attribute, (height, width), and an
+`explain_layer()` method: the module whose output map Grad-CAM explains (explain.py).
 """
 
 from __future__ import annotations
