@@ -22,6 +22,10 @@ def evaluate(
     n_boot: int = typer.Option(1000, "--bootstrap", min=0,
                                help="Bootstrap resamples for the 95% intervals (0: none)."),
     no_report: bool = typer.Option(False, "--no-report", help="Write metrics.json only."),
+    gallery: int = typer.Option(
+        4, "--gallery", min=0,
+        help="Per genre, the report shows this many most confident hits and false alarms "
+             "with their heat maps (Grad-CAM; 0: no gallery)."),
     backend: str = typer.Option(
         "auto", "--backend",
         help="auto (onnx when installed), torch, onnx (int8 when checked) or onnx-fp32."),
@@ -48,7 +52,8 @@ def evaluate(
     failures: list[str] = []
     with progress_bar(total) as advance:
         results = evaluate_run(run, data, split, out, n_boot=n_boot, backend=backend,
-                               report=not no_report, on_done=advance, on_error=failures.append)
+                               report=not no_report, on_done=advance, on_error=failures.append,
+                               gallery=gallery)
     for message in failures[:10]:
         print(f"warning: skipped {message}", file=sys.stderr)
     if len(failures) > 10:

@@ -78,8 +78,12 @@ def evaluate_run(
     report: bool = True,
     on_done: Callable[[int], None] | None = None,
     on_error: Callable[[str], None] | None = None,
+    gallery: int = 0,
 ) -> dict[str, Any]:
     """Score a run on a dataset split; write metrics.json (and report.html) to `out`.
+
+    With `gallery` N > 0 the report shows, for each genre in the macro averages, its N most
+    confident hits and false alarms with their Grad-CAM heat maps (explain.py, PyTorch).
 
     `dataset` defaults to the run config's "dataset". F1 and Hamming loss use the run's tuned
     thresholds (thresholds.json) when it has one for every genre, else thresholds tuned here
@@ -116,7 +120,15 @@ def evaluate_run(
     if report:
         from postergenre.evaluate.report import write_report
 
+        heatmaps = None
+        if gallery > 0:
+            from postergenre.explain import Explainer
+            from postergenre.explain import gallery as make_gallery
+
+            heatmaps = make_gallery(Explainer(r), y, scores, test.paths,
+                                    results["model"]["macro_genres"], n=gallery)
         write_report(out_dir / "report.html", results, y, scores, genres, thresholds,
                      test.paths, test.titles,
-                     title=f"{r.config.get('model', 'model')} on {dataset.name}/{split}")
+                     title=f"{r.config.get('model', 'model')} on {dataset.name}/{split}",
+                     gallery=heatmaps)
     return results
