@@ -142,6 +142,21 @@ def latency(paths: list[str], n: int) -> None:
     print(f"Grad-CAM alone (one forward pass, 3 backward passes): p50 "
           f"{1000 * np.median(model_times):.0f} ms, "
           f"p90 {1000 * np.quantile(model_times, 0.9):.0f} ms")
+    try:
+        from captum.attr import LayerGradCam
+    except ImportError:
+        LayerGradCam = None
+    if LayerGradCam is not None:
+        cam, captum_times = LayerGradCam(explainer.model, explainer.layer), []
+        for p in paths[:n]:
+            image = load_poster_array(p, explainer.input_size)
+            t = time.perf_counter()
+            x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
+            top = explainer.predict(image[None])[0].argsort()[::-1][:3].tolist()
+            cam.attribute(x.repeat(3, 1, 1, 1), target=top, relu_attributions=True)
+            captum_times.append(time.perf_counter() - t)
+        print(f"the same with captum's LayerGradCam (a batch of 3 copies, + a pass for the "
+              f"top 3): p50 {1000 * np.median(captum_times):.0f} ms")
     with TestClient(create_app(Predictor.load(), explainer=explainer)) as client:
         times = []
         for p in paths[: n + 1]:
