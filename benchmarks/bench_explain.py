@@ -7,9 +7,10 @@ top genre is explained; then 20% of the poster's pixels are blanked to the poste
 chosen five ways: the hottest 20% of the heat map, the coldest 20%, a random 20% in blobs (the
 top 20% of upsampled random noise, as blob-shaped as a heat map), a random 20% of single
 pixels, and 20% of single pixels drawn with probability in proportion to the heat (as
-scattered as the random pixels, but where the map is hot). The drop of the top genre's probability (PyTorch fp32) is averaged over the posters,
-with bootstrap 95% intervals (posters resampled), and so are the paired differences of each
-map-guided way and its random counterpart. A faithful map makes the guided drops the larger.
+scattered as the random pixels, but where the map is hot). The drop of the top genre's
+probability (PyTorch fp32) is averaged over the posters, with bootstrap 95% intervals (posters
+resampled), and so are the paired differences of each map-guided way and its random
+counterpart. A faithful map makes the guided drops the larger.
 
 Latency: one explanation of the shipped model (3 genres; decode, Grad-CAM and the three
 overlay PNGs the page gets) and one `POST /explain` through the app, p50 / p90 over posters.
