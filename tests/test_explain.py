@@ -282,3 +282,20 @@ def test_shipped_model_maps_vary_and_differ_between_genres():
     assert e.heatmaps.shape == (3, 368, 250)
     assert all(m.std() > 0.05 for m in e.heatmaps)
     assert np.abs(e.heatmaps[0] - e.heatmaps[1]).mean() > 0.05  # each genre its own map
+
+
+def test_evaluate_run_writes_the_gallery_only_when_asked(tmp_path):
+    from conftest import make_small_dataset, make_tiny_run
+
+    from postergenre.evaluate import evaluate_run
+
+    genres = ["Action", "Comedy", "Drama"]
+    dataset = make_small_dataset(tmp_path, genres)
+    run = make_tiny_run(tmp_path / "run", genres, size=(80, 80))
+    evaluate_run(run, dataset, "test", tmp_path / "with", n_boot=0, backend="torch", gallery=1)
+    evaluate_run(run, dataset, "test", tmp_path / "without", n_boot=0, backend="torch")
+    with_gallery = (tmp_path / "with" / "report.html").read_text()
+    assert "What each genre was learned from" in with_gallery
+    assert with_gallery.count("class=heat") == 6  # 3 genres x (1 hit + 1 false alarm)
+    assert "What each genre was learned from" not in (tmp_path / "without" / "report.html"
+                                                      ).read_text()

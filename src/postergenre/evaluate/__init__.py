@@ -125,8 +125,9 @@ def evaluate_run(
             from postergenre.explain import Explainer
             from postergenre.explain import gallery as make_gallery
 
-            heatmaps = make_gallery(Explainer(r), y, scores, test.paths,
-                                    results["model"]["macro_genres"], n=gallery)
+            shown = results["model"]["macro_genres"] or [  # a tiny split: every genre seen
+                g for g, n in zip(genres, y.sum(axis=0), strict=True) if n]
+            heatmaps = make_gallery(Explainer(r), y, scores, test.paths, shown, n=gallery)
         write_report(out_dir / "report.html", results, y, scores, genres, thresholds,
                      test.paths, test.titles,
                      title=f"{r.config.get('model', 'model')} on {dataset.name}/{split}",
