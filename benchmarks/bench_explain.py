@@ -131,7 +131,7 @@ def latency(paths: list[str], n: int) -> None:
     from postergenre.serve import create_app
 
     explainer = Explainer.load()
-    explainer.explain(paths[0])  # warm-up
+    explainer.explain(paths[0]).heat_png(0)  # warm-up (and matplotlib imported)
     times = []
     for p in paths[:n]:
         t = time.perf_counter()
@@ -187,8 +187,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="test posters for faithfulness")
     parser.add_argument("--latency-n", type=int, default=30)
     parser.add_argument("--sections", default="faithfulness,latency")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--quick", action="store_true", help="a smoke run on a few posters")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not (args.dataset / "test.csv").is_file():  # `make bench` passes the raw data folder
         args.dataset = Path("datasets/shared")
     n, latency_n = (16, 3) if args.quick else (args.n, args.latency_n)

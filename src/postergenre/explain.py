@@ -148,7 +148,7 @@ def png(array: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
+    Image.fromarray(array).save(buf, "PNG", compress_level=3)  # 3x faster than 6, +25% bytes
     return buf.getvalue()
 
 
