@@ -299,3 +299,21 @@ def test_evaluate_run_writes_the_gallery_only_when_asked(tmp_path):
     assert with_gallery.count("class=heat") == 6  # 3 genres x (1 hit + 1 false alarm)
     assert "What each genre was learned from" not in (tmp_path / "without" / "report.html"
                                                       ).read_text()
+
+
+@pytest.mark.parametrize("name", ["custom-cnn", "vgg16", "efficientnet-lite0"])
+def test_every_registered_model_has_a_map_to_explain(name):
+    from postergenre.explain import explain_layer
+    from postergenre.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = {"pretrained": False} if name.startswith("efficientnet") else {}
+    model = create_model(name, 4, input_size=(96, 80), **kwargs).eval().requires_grad_(False)
+    x = torch.rand(2, 3, 96, 80)
+    probs, targets, maps = grad_cam(model, explain_layer(model), x, 2)
+    assert maps.shape == (2, 2, 96, 80) and targets.shape == (2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(probs, torch.sigmoid(model(x)))  # the hook changes nothing
+    assert maps.min() >= 0 and maps.max() <= 1
+    assert (maps[:, 0].flatten(1).std(1) > 0).all()  # the top genre's map varies (a random
+    # network's other maps may be all zero: Grad-CAM's ReLU of a negative map)
