@@ -84,9 +84,10 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: torch
     for j in range(targets.shape[1]):
         score = logits.gather(1, targets[:, j : j + 1]).sum()  # posters are independent
         grads = torch.autograd.grad(score, maps, retain_graph=j < targets.shape[1] - 1)
-        cam = sum((g.mean((2, 3), keepdim=True) * a).sum(1).flip(2) if flip
-                  else (g.mean((2, 3), keepdim=True) * a).sum(1)
-                  for g, a, flip in zip(grads, maps, flipped, strict=True))
+        cam = torch.zeros(())
+        for g, a, flip in zip(grads, maps, flipped, strict=True):
+            part = (g.mean((2, 3), keepdim=True) * a).sum(1)  # channels weighted by gradient
+            cam = cam + (part.flip(2) if flip else part)
         cams.append(F.relu(cam))
     cam = torch.stack(cams, 1)  # (N, k, h, w)
     cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
