@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "predict": "docs/benchmarks.md, section Evaluate and predict",
     "serve": "docs/benchmarks.md, section Serve",
     "speed": "docs/benchmarks.md, section Speed, and the README's table",
+    "explain": "docs/benchmarks.md, section Explain",
 }
 
 

@@ -16,7 +16,7 @@ from postergenre.predict import Predictor
 from postergenre.serve import Limits, create_app
 
 OPERATIONS = [("/genres", "GET"), ("/health", "GET"), ("/predict", "POST"),
-              ("/predict/batch", "POST")]
+              ("/predict/batch", "POST"), ("/explain", "POST")]
 
 
 @pytest.fixture(scope="module")

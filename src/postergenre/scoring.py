@@ -19,6 +19,8 @@ from postergenre.data.dataset import load_split
 from postergenre.errors import DatasetError, PosterGenreError
 from postergenre.evaluate.metrics import compare_with_prior, tune_thresholds
 from postergenre.evaluate.report import write_report
+from postergenre.explain import Explainer
+from postergenre.explain import gallery as make_gallery
 from postergenre.io import atomic_write_json, ensure_writable_dir
 from postergenre.predict import Predictor, predict_stream
 
@@ -61,6 +63,7 @@ def evaluate_run(
     backend: str = "auto",
     report: bool = True,
     titles: bool = True,
+    gallery: int = 0,
     on_done: Callable[[int], None] | None = None,
     on_error: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -71,6 +74,9 @@ def evaluate_run(
     on the val split. Posters that cannot be read are reported through `on_error` and skipped.
     When the run has a title model (and `titles`), the split's titles are fused with the posters
     and results["fused"] holds the fused scores (thresholds tuned for them on val).
+
+    With `gallery` N > 0 the report shows, for each genre in the macro averages, its N most
+    confident hits and false alarms with their Grad-CAM heat maps (explain.py, PyTorch).
     """
     predictor = Predictor.load(run, backend=backend)
     r = predictor.run
@@ -102,7 +108,13 @@ def evaluate_run(
         results["fused"]["posters_with_title"] = int(used.sum())
     atomic_write_json(out_dir / "metrics.json", results)
     if report:
+        heatmaps = None
+        if gallery > 0:
+            shown = results["model"]["macro_genres"] or [  # a tiny split: every genre seen
+                g for g, n in zip(genres, y.sum(axis=0), strict=True) if n]
+            heatmaps = make_gallery(Explainer(r), y, scores, test.paths, shown, n=gallery)
         write_report(out_dir / "report.html", results, y, scores, genres, thresholds,
                      test.paths, test.titles,
-                     title=f"{r.config.get('model', 'model')} on {dataset.name}/{split}")
+                     title=f"{r.config.get('model', 'model')} on {dataset.name}/{split}",
+                     gallery=heatmaps)
     return results

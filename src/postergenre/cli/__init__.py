@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from postergenre import __version__
-from postergenre.cli import data, demo, evaluate, export, predict, serve, train
+from postergenre.cli import data, demo, evaluate, explain, export, predict, serve, train
 from postergenre.errors import PosterGenreError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
+app.command("explain")(explain.explain)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)
 app.command("demo")(demo.demo)

@@ -25,6 +25,10 @@ def evaluate(
     no_report: bool = typer.Option(False, "--no-report", help="Write metrics.json only."),
     titles: bool = typer.Option(True, "--titles/--no-titles", help="When the run has a title "
                                 "model, also score the posters fused with their titles."),
+    gallery: int = typer.Option(
+        4, "--gallery", min=0,
+        help="Per genre, the report shows this many most confident hits and false alarms "
+             "with their heat maps (Grad-CAM; 0: no gallery)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Score a run on a dataset split, every metric beside the prior baseline.
@@ -50,7 +54,7 @@ def evaluate(
     with progress_bar(total) as advance:
         results = evaluate_run(run, data, split, out, n_boot=n_boot, backend=backend,
                                report=not no_report, titles=titles, on_done=advance,
-                               on_error=failures.append)
+                               on_error=failures.append, gallery=gallery)
     for message in failures[:10]:
         print(f"warning: skipped {message}", file=sys.stderr)
     if len(failures) > 10:

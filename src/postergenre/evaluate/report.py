@@ -2,8 +2,9 @@
 
 Sections: the headline metrics beside the prior baseline with bootstrap 95% intervals; the
 per-genre table; per-genre AP against prevalence; precision-recall curves of the main genres;
-a reliability diagram; genre co-occurrence, true against predicted; and a grid of the best and
-worst posters with their top-3 predictions and true genres.
+a reliability diagram; genre co-occurrence, true against predicted; a grid of the best and
+worst posters with their top-3 predictions and true genres; and, when heat maps are given
+(explain.gallery), each genre's most confident hits and false alarms with their heat maps.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ text-align:right}th:first-child,td:first-child{text-align:left}.muted{color:#888
 .card{font-size:12px;border:1px solid #ddd;border-radius:6px;padding:6px;background:#fafafa}
 .card img{display:block;margin:0 auto 4px;width:136px;height:201px;object-fit:cover}
 .hit{color:#0a7d2c;font-weight:600}.miss{color:#b00020}.title{font-weight:600}
+.strip{display:flex;gap:10px;flex-wrap:wrap;align-items:flex-start;margin:4px 0 10px}
+.strip .card{width:140px}.strip h4{width:100%;margin:4px 0 0;font-size:13px;color:#555}
 """
 
 
@@ -86,6 +89,28 @@ def _poster_cards(indices: Sequence[int], y_true: np.ndarray, scores: np.ndarray
     return f"<div class=grid>{''.join(cards)}</div>"
 
 
+def _gallery_section(gallery: dict[str, dict[str, list]], titles: Sequence[str],
+                     paths: Sequence[str | os.PathLike]) -> str:
+    """Per genre, its most confident hits and false alarms with their heat maps."""
+    parts = []
+    for genre, kinds in gallery.items():
+        strips = []
+        for kind, cards in kinds.items():
+            items = "".join(
+                f'<div class=card><img class=heat alt="{html.escape(genre)} heat map" '
+                f'src="{c.image}"><div class=title>'
+                f"{html.escape(titles[c.index] or os.path.basename(str(paths[c.index])))}"
+                f"</div><div>{html.escape(genre)} {c.probability:.2f}</div></div>"
+                for c in cards) or "<span class=muted>none</span>"
+            strips.append(f"<div class=strip><h4>most confident {html.escape(kind)}</h4>"
+                          f"{items}</div>")
+        parts.append(f"<h3>{html.escape(genre)}</h3>{''.join(strips)}")
+    return ("<h2>What each genre was learned from</h2><p>For each genre, the posters the model "
+            "was surest of: true positives (hits), then posters without the genre "
+            "(false alarms), each with its Grad-CAM heat map for that genre (red: what "
+            "pushed the genre up most).</p>" + "".join(parts))
+
+
 def best_and_worst(y_true: np.ndarray, scores: np.ndarray, n: int = GRID) -> tuple[list, list]:
     """Posters whose genre ranking is best and worst: per-poster average precision of the true
     genres among all genres, ties broken by the mean probability of the true genres."""
@@ -100,9 +125,10 @@ def best_and_worst(y_true: np.ndarray, scores: np.ndarray, n: int = GRID) -> tup
 def render_report(results: dict[str, Any], y_true: np.ndarray, scores: np.ndarray,
                   genres: Sequence[str], thresholds: np.ndarray,
                   paths: Sequence[str | os.PathLike], titles: Sequence[str],
-                  title: str = "Evaluation report") -> str:
+                  title: str = "Evaluation report",
+                  gallery: dict[str, dict[str, list]] | None = None) -> str:
     """The report as one HTML string. `results` is `compare_with_prior`'s dict plus optional
-    "run", "dataset" and "split" keys."""
+    "run", "dataset" and "split" keys; `gallery` (explain.gallery's) adds the heat maps."""
     model, prior = results["model"], results["prior"]
     y_true = np.asarray(y_true)
     per = model["per_genre"]
@@ -164,6 +190,7 @@ F1 and Hamming loss use per-genre thresholds {thresholds_note}.</p>
 {_poster_cards(best, y_true, scores, genres, paths, titles)}
 <h2>Worst posters</h2>
 {_poster_cards(worst, y_true, scores, genres, paths, titles)}
+{_gallery_section(gallery, titles, paths) if gallery else ""}
 """
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}"
             f"</title><style>{CSS}</style></head><body>{body}</body></html>\n")

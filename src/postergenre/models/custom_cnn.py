@@ -49,6 +49,10 @@ class CustomCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    def explain_layer(self) -> nn.Module:
+        """The last conv's ReLU: the map Grad-CAM explains (explain.py)."""
+        return self.features[-3]
+
 
 register_model("custom-cnn", input_size=INPUT_SIZE, min_input_size=(76, 76),
                normalization="none: pixels in [0, 1], as the original")(CustomCNN)

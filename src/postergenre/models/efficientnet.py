@@ -232,6 +232,12 @@ class EfficientNetLite(nn.Module):
                                        [m.shape[1] for m in means])
         return self._trunk_shapes[cut]
 
+    def explain_layer(self) -> nn.Module:
+        """The last MBConv block (it feeds the final 1x1 conv and the last stage's mean): the
+        map Grad-CAM explains (explain.py). With `flip_average` it runs twice, the second time
+        on the mirror image."""
+        return self.backbone._blocks[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x)
         if self.flip_average:  # test-time augmentation: mean of the poster's and its mirror's

@@ -6,7 +6,8 @@
 A builder is registered with `register_model(name, **metadata)` and called as
 `builder(num_genres, **settings) -> nn.Module`. Every model takes a float tensor
 (N, 3, H, W) in [0, 1] (the poster loader's output), normalises it itself, and returns
-logits (N, num_genres). Each model has an `input_size` attribute, (height, width).
+logits (N, num_genres). Each model has an `input_size` attribute, (height, width), and an
+`explain_layer()` method: the module whose output map Grad-CAM explains (explain.py).
 
 The metadata (timm's `pretrained_cfg` idea) says what the CLI and the trainer may do with a
 model: its default input size and the smallest it takes, its input normalisation, which

@@ -99,6 +99,10 @@ class VGG16(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features((x - self.mean) / self.std))
 
+    def explain_layer(self) -> nn.Module:
+        """conv5_3's ReLU (before the last pool): the map Grad-CAM explains (explain.py)."""
+        return self.features[-2]
+
 
 register_model("vgg16", input_size=INPUT_SIZE, min_input_size=(32, 32),
                normalization="ImageNet mean and std")(VGG16)

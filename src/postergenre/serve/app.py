@@ -3,6 +3,8 @@
     GET  /               the page: drop or choose a poster, see its genre bars
     POST /predict        one multipart upload (field "file") -> {"path", "top", "scores"}
     POST /predict/batch  several files (field "files")     -> {"results": [...]}
+    POST /explain        one upload (field "file"), ?genre=G optional -> Grad-CAM heat maps of
+                         its top-3 genres (or of G) as PNG data URIs, to lay over the poster
     GET  /genres         the vocabulary and the tuned per-genre thresholds
     GET  /health         liveness and what is loaded
     GET  /docs, /openapi.json   the API, with Swagger UI served from the package (no CDN)
@@ -18,14 +20,16 @@ only reads what clients upload: it never fetches a URL.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -36,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postergenre import __version__
-from postergenre.errors import InvalidImageError, NotAnImageError
+from postergenre.errors import InvalidImageError, NotAnImageError, PosterGenreError
 from postergenre.predict import Predictor, json_record
 from postergenre.serve.batcher import Batcher
 
@@ -80,6 +84,18 @@ class Health(BaseModel):
     backend: str
     genres: int
     input_size: list[int] = Field(description="The model's input [height, width]")
+
+
+class GenreHeatmap(BaseModel):
+    genre: str
+    probability: float = Field(description="The genre's probability (the PyTorch fp32 model)")
+    heatmap: str = Field(description="Grad-CAM heat map as a PNG data URI at the model's input "
+                                     "size, transparent where cold: lay it over the poster")
+
+
+class ExplainResult(BaseModel):
+    path: str = Field(description="The uploaded file's name")
+    explanations: list[GenreHeatmap]
 
 
 class ErrorBody(BaseModel):
@@ -180,9 +196,22 @@ async def read_uploads(request: Request, field: str, max_files: int,
 
 
 def create_app(predictor: Predictor, limits: Limits | None = None,
-               max_batch: int = 32) -> FastAPI:
-    """A FastAPI app serving `predictor` (loaded once, shared by every request)."""
+               max_batch: int = 32, explainer: Any = None) -> FastAPI:
+    """A FastAPI app serving `predictor` (loaded once, shared by every request). `/explain`
+    uses `explainer` (an explain.Explainer), else one built from the predictor's run on the
+    first request."""
     limits = limits or Limits()
+    explainers = [explainer] if explainer is not None else []
+    explainer_lock = threading.Lock()
+
+    def get_explainer():
+        with explainer_lock:
+            if not explainers:
+                from postergenre.explain import Explainer
+
+                explainers.append(Explainer(predictor.run))
+            return explainers[0]
+
     batcher = Batcher(predictor.predict_proba, max_batch=max_batch)
 
     @asynccontextmanager
@@ -202,6 +231,8 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
     mb = f"{limits.max_upload_bytes / MB:.3g}"
     app.add_middleware(BodyLimit, limits={
         "/predict": (limits.max_upload_bytes + MULTIPART_OVERHEAD,
+                     f"upload too large: over the {mb} MB limit"),
+        "/explain": (limits.max_upload_bytes + MULTIPART_OVERHEAD,
                      f"upload too large: over the {mb} MB limit"),
         "/predict/batch": (limits.max_batch_files * limits.max_upload_bytes + MULTIPART_OVERHEAD,
                            f"request too large: over {limits.max_batch_files} files "
@@ -241,6 +272,31 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
         uploads = await read_uploads(request, "files", limits.max_batch_files,
                                      limits.max_upload_bytes)
         return {"results": await score(uploads)}
+
+    @app.post("/explain", response_model=ExplainResult, responses=ERRORS,
+              openapi_extra=_multipart("file", many=False))
+    async def explain(request: Request, genre: str | None = Query(
+            None, description="Explain this genre instead of the poster's top 3")
+                      ) -> dict[str, Any]:
+        """Why the model gives one poster (multipart field `file`) its top genres: Grad-CAM."""
+        uploads = await read_uploads(request, "file", 1, limits.max_upload_bytes)
+        name = uploads[0][0]
+        image = (await decode(*uploads[0]))[0]
+        explainer = await run_in_threadpool(get_explainer)
+        if genre is not None and genre not in explainer.genres:
+            raise HTTPException(422, f"genre {genre!r}: not a genre of this model")
+        # the predictor decoded to floats; the explainer takes the same pixels as uint8
+        pixels = (image.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        try:
+            e = await run_in_threadpool(explainer.explain_array, pixels,
+                                        [genre] if genre else None, 3, name)
+        except PosterGenreError as err:
+            raise HTTPException(422, f"{name}: {err}") from None
+        return {"path": name, "explanations": [
+            {"genre": g, "probability": round(e.probability(g), 4),
+             "heatmap": "data:image/png;base64,"
+                        + base64.b64encode(e.heat_png(i)).decode("ascii")}
+            for i, g in enumerate(e.genres)]}
 
     @app.get("/genres", response_model=GenresInfo)
     async def genres() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-// The postergenre page: upload a poster to POST predict and draw one bar per genre.
+// The postergenre page: upload a poster to POST predict and draw one bar per genre;
+// click a bar to POST explain and lay that genre's heat map over the poster.
 "use strict";
 
 const SHOWN = 10; // bars shown before "show all"
@@ -6,6 +7,9 @@ const $ = (id) => document.getElementById(id);
 let thresholds = {};
 let showAll = false;
 let last = null;
+let lastFile = null;
+let shown = null; // the genre whose heat map is over the poster
+let heatmaps = {}; // genre -> data URI, for the current poster
 
 fetch("genres").then((r) => r.json()).then((j) => { thresholds = j.thresholds; });
 fetch("health").then((r) => r.json()).then((j) => {
@@ -40,6 +44,9 @@ async function upload(file) {
   poster.src = URL.createObjectURL(file);
   $("filename").textContent = result.path;
   last = result;
+  lastFile = file;
+  heatmaps = {};
+  showHeatmap(null);
   render();
   setStatus("");
   $("result").hidden = false;
@@ -63,6 +70,9 @@ function render() {
     li.classList.toggle("hit", p >= t);
     li.dataset.genre = genre;
     li.dataset.p = p;
+    li.classList.toggle("shown", genre === shown);
+    li.title = `Show where the model saw ${genre}`;
+    li.addEventListener("click", () => explain(genre));
 
     const name = document.createElement("span");
     name.className = "name";
@@ -86,6 +96,43 @@ function render() {
   const more = $("more");
   more.hidden = ranked.length <= SHOWN;
   more.textContent = showAll ? "Show fewer" : `Show all ${ranked.length} genres`;
+}
+
+function showHeatmap(genre) {
+  shown = genre;
+  const img = $("heatmap");
+  img.hidden = genre === null;
+  if (genre !== null) img.src = heatmaps[genre];
+  $("explained").textContent = genre === null
+    ? "Click a genre to see where the model saw it."
+    : `Heat map: where the model saw ${genre} (Grad-CAM). Click it again to hide.`;
+  for (const li of document.querySelectorAll("#bars li.bar")) {
+    li.classList.toggle("shown", li.dataset.genre === genre);
+  }
+}
+
+async function explain(genre) {
+  if (genre === shown) { showHeatmap(null); return; }
+  if (!(genre in heatmaps)) {
+    setStatus(`Explaining ${genre}\u2026`);
+    const body = new FormData();
+    body.append("file", lastFile, lastFile.name);
+    let response, result;
+    try {
+      response = await fetch(`explain?genre=${encodeURIComponent(genre)}`, { method: "POST", body });
+      result = await response.json();
+    } catch (err) {
+      setStatus(`Could not reach the server (${err.message}).`, true);
+      return;
+    }
+    if (!response.ok) {
+      setStatus(`Error ${response.status}: ${result.detail || response.statusText}`, true);
+      return;
+    }
+    heatmaps[genre] = result.explanations[0].heatmap;
+    setStatus("");
+  }
+  showHeatmap(genre);
 }
 
 $("more").addEventListener("click", () => { showAll = !showAll; render(); });
