@@ -93,3 +93,27 @@ def test_evaluate_prints_poster_only_and_fused_side_by_side(runs, tmp_path) -> N
                                       "--out", str(tmp_path / "p")])
     assert result.exit_code == 0 and "poster + title" not in result.output
     assert "fused" not in json.loads((tmp_path / "p" / "metrics.json").read_text())
+
+
+def test_explain_lists_the_title_words_that_pushed_each_genre(runs, tmp_path) -> None:
+    plain, fused, posters = runs
+    args = ["explain", str(posters[0]), "--genre", "Horror", "--title", "Zombie Blood (1985)",
+            "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(app, [*args, "--model", str(fused)])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.strip().startswith("Horror:"))
+    words = dict(w.rsplit(" ", 1) for w in line.split(":", 1)[1].strip().split(", "))
+    assert float(words["zombie"]) > 0  # the training titles made "zombie" a Horror word
+    result = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "y"), "--model",
+                                      str(plain)])
+    assert result.exit_code == 0 and "Horror:" not in result.output
+
+
+def test_title_word_contributions_add_up_to_the_title_logit(runs) -> None:
+    _, fused, _ = runs
+    model = Predictor.load(fused, backend="torch").text[0]
+    title = "Crazy Zombie Wedding (1999)"
+    tokens, parts = model.contributions(title)
+    assert tokens == ["crazy", "zombie", "wedding", "(1990s)"]
+    np.testing.assert_allclose(parts.sum(0) + model.intercept,
+                               model.decision_function([title])[0], atol=1e-4)

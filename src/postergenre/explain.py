@@ -15,8 +15,9 @@ after the map only). The explainer always runs the run's PyTorch model, whatever
 same maps (tests/test_explain.py checks it) but runs a forward pass per genre, 3x the latency
 of one explanation; the measured faithfulness of the maps is in docs/benchmarks.md.
 
-Title words: when a run has a title model, `Explanation.title_words` is where the linear
-model's per-word contributions go (`title_contributions` is the hook; None until then).
+Title words: when a run has a title model and a title is given, `Explanation.title_words`
+lists for each explained genre the title's words with their contribution to its fused logit
+(`title_contributions`: the linear model's per-feature contributions, grouped by word).
 """
 
 from __future__ import annotations
@@ -178,9 +179,21 @@ def title_contributions(run: Run, title: str | None, genres: Sequence[str]
                         ) -> dict[str, list[tuple[str, float]]] | None:
     """The hook for runs with a title model: for each genre, the title's words with their
     contribution to the genre's logit (the linear model's weight times the word's feature
-    value; positive pushes the genre up), largest magnitude first. None for a poster-only run,
-    which is every run until the title model lands."""
-    return None
+    value, times the fusion's weight of the title: how far the word moved the fused logit;
+    positive pushes the genre up), largest magnitude first. None for a run without a title
+    model or without a title."""
+    if not title or not title.strip() or not run.config.get("text"):
+        return None
+    from postergenre.predict import load_text_side
+
+    model, fusion, _ = load_text_side(run)
+    tokens, parts = model.contributions(title)
+    out = {}
+    for g in genres:
+        j = run.genres.index(g)
+        pairs = [(t, float(parts[i, j] * fusion.text_weight[j])) for i, t in enumerate(tokens)]
+        out[g] = sorted(pairs, key=lambda p: -abs(p[1]))
+    return out
 
 
 class Explainer:

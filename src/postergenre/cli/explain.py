@@ -20,6 +20,9 @@ def explain(
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Top genres to explain."),
     labels: Path | None = typer.Option(
         None, "--labels", help="A labels CSV, for the titles of posters named <imdbId>.jpg."),
+    title: str | None = typer.Option(
+        None, "--title", help='The title of the one poster given, e.g. "Nerve (2016)": with a '
+        "title model, its words' pushes on each genre are listed."),
 ) -> None:
     """Heat maps of why the model gives each poster its top genres (Grad-CAM).
 
@@ -43,6 +46,9 @@ def explain(
     )
 
     sources = expand_inputs(paths)
+    if title is not None and len(sources) != 1:
+        raise typer.BadParameter(f"gives the title of one poster, not {len(sources)}",
+                                 param_hint="--title")
     explainer = Explainer.load(model)
     for g in genre or []:
         explainer.genre_index(g)  # an unknown genre fails before any work
@@ -57,15 +63,16 @@ def explain(
             failed += 1
             print(f"error: {e}", file=sys.stderr)
             continue
-        title = titles.get(imdb_id(source))  # type: ignore[arg-type]
-        e = explainer.explain_array(image, genre or None, top_k, source, title)
+        title_given = title if title is not None else titles.get(imdb_id(source))  # type: ignore
+
+        e = explainer.explain_array(image, genre or None, top_k, source, title_given)
         stem = safe_name(file_name(source).rsplit(".", 1)[0])
         while stem in stems:  # two inputs of the same name
             stem += "-1"
         stems.add(stem)
         write_explanation(e, out_dir, stem)
         parts = ", ".join(f"{g} ({e.probability(g):.2f})" for g in e.genres)
-        print(f"{title or file_name(source)}   {parts}   -> {out_dir / stem}_*.png")
+        print(f"{title_given or file_name(source)}   {parts}   -> {out_dir / stem}_*.png")
         for g, words in (e.title_words or {}).items():
             print(f"    {g}: " + ", ".join(f"{w} {c:+.2f}" for w, c in words[:5]))
     if failed:

@@ -17,6 +17,7 @@ scikit-learn. `save(dir)` writes `text.json` (settings and genres) and `text.saf
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,37 @@ class TitleModel:
 
     def predict_proba(self, titles: Sequence[str]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.decision_function(titles)))
+
+    def contributions(self, title: str) -> tuple[list[str], np.ndarray]:
+        """The title's words (and its decade) with their (n_words, G) contributions to each
+        genre's logit: the linear model's weight times the feature value, summed over the
+        features a word makes (its unigram, its character n-grams, half of each word bigram
+        it is in). Together with the intercept they add up to `decision_function(title)`."""
+        feats = self._features([title]).tocsr()
+        name, year = parse_title(title or "")
+        words = re.findall(r"(?u)\b\w+\b", fold_title(name) if self.fold else name.lower())
+        owners: dict[int, list[tuple[int, float]]] = {}  # feature column -> (word, share)
+        for i, w in enumerate(words):
+            for col in self._hashed([w])[0].indices:
+                owners.setdefault(int(col), []).append((i, 1.0))
+        for i in range(len(words) - 1):
+            for col in self._hashed([f"{words[i]} {words[i + 1]}"])[0].indices:
+                owners.setdefault(int(col), [])
+                if not any(j in (i, i + 1) for j, _ in owners[int(col)]):
+                    owners[int(col)] += [(i, 0.5), (i + 1, 0.5)]
+        tokens = words + ([f"({year // 10 * 10}s)" if year else "(no year)"]
+                          if self.year != "none" else [])
+        out = np.zeros((len(tokens), len(self.genres)), np.float32)
+        for col, value in zip(feats.indices, feats.data, strict=True):
+            part = value * self.coef[:, col]
+            if col >= 2 * self.n_features:  # the year block
+                out[-1] += part
+                continue
+            shares = owners.get(int(col)) or []
+            total = sum(s for _, s in shares)
+            for i, share in shares:
+                out[i] += part * share / total
+        return tokens, out
 
     # --- files ----------------------------------------------------------------------------
 
