@@ -287,7 +287,7 @@ def test_shipped_model_maps_vary_and_differ_between_genres():
 def test_evaluate_run_writes_the_gallery_only_when_asked(tmp_path):
     from conftest import make_small_dataset, make_tiny_run
 
-    from postergenre.evaluate import evaluate_run
+    from postergenre.scoring import evaluate_run
 
     genres = ["Action", "Comedy", "Drama"]
     dataset = make_small_dataset(tmp_path, genres)

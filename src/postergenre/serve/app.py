@@ -64,9 +64,12 @@ class Limits:
 
 class PosterResult(BaseModel):
     path: str = Field(description="The uploaded file's name")
-    title: str | None = Field(description="The movie's title: always null for an upload")
+    title: str | None = Field(description="The title sent with the poster (null when none)")
     top: list[list[str | float]] = Field(description="The 3 best [genre, probability], best first")
     scores: dict[str, float] = Field(description="Every genre's probability, in vocabulary order")
+    signals: list[str] = Field(description='What the scores used: ["poster"], or ["poster", '
+                                           '"title"] when a title was fused (the model has a '
+                                           "title model)")
 
 
 class BatchResult(BaseModel):
@@ -96,6 +99,9 @@ class GenreHeatmap(BaseModel):
 class ExplainResult(BaseModel):
     path: str = Field(description="The uploaded file's name")
     explanations: list[GenreHeatmap]
+    title_words: dict[str, list[list[str | float]]] | None = Field(
+        None, description="With a title and a title model: per explained genre, the title's "
+                          "[word, push on the genre's logit], largest first")
 
 
 class ErrorBody(BaseModel):
@@ -110,19 +116,30 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+MAX_TITLE_CHARS = 300
+
+
 def _multipart(field: str, many: bool) -> dict[str, Any]:
     """OpenAPI request body for a multipart upload (parsed by hand to enforce the limits)."""
     file = {"type": "string", "format": "binary"}
+    text = {"type": "string", "maxLength": MAX_TITLE_CHARS}
     prop = {"type": "array", "items": file, "minItems": 1} if many else file
-    schema = {"type": "object", "required": [field], "properties": {field: prop}}
+    title = ({"titles": {"type": "array", "items": text, "description": "Optional: the movies' "
+                         "titles, in the order of the files (empty for none)"}} if many else
+             {"title": {**text, "description": 'Optional: the movie\'s title, e.g. "Nerve '
+                        '(2016)", fused with the poster when the model has a title model'}})
+    schema = {"type": "object", "required": [field], "properties": {field: prop, **title}}
     return {"requestBody": {"required": True,
                             "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-def result_object(name: str, probabilities: np.ndarray, predictor: Predictor) -> dict[str, Any]:
+def result_object(name: str, probabilities: np.ndarray, predictor: Predictor,
+                  title: str | None = None, fused: bool = False) -> dict[str, Any]:
     """The predict command's JSON object for one uploaded poster (its formatter, reused)."""
     top = predictor.top_k(probabilities[None])[0]
-    return json.loads(json_record(name, None, top, probabilities, predictor.genres))
+    signals = ["poster", "title"] if fused else ["poster"]
+    return json.loads(json_record(name, title or None, top, probabilities, predictor.genres,
+                                  signals))
 
 
 # -- limits --------------------------------------------------------------------------------------
@@ -161,9 +178,11 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-async def read_uploads(request: Request, field: str, max_files: int,
-                       max_bytes: int) -> list[tuple[str, bytes]]:
-    """The (filename, bytes) of each file in a multipart form field, within the limits."""
+async def read_uploads(request: Request, field: str, max_files: int, max_bytes: int,
+                       text_field: str | None = None) -> tuple[list[tuple[str, bytes]],
+                                                                list[str]]:
+    """The (filename, bytes) of each file in a multipart form field, within the limits, and
+    the values of the text field `text_field` (titles)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise HTTPException(415, f"expected a multipart/form-data upload with the poster in "
@@ -187,9 +206,15 @@ async def read_uploads(request: Request, field: str, max_files: int,
             if len(data) > max_bytes:
                 raise HTTPException(413, f"{name}: over the {max_bytes / MB:.3g} MB upload limit")
             uploads.append((name, data))
+        texts = form.getlist(text_field) if text_field else []
+        if any(not isinstance(t, str) for t in texts):
+            raise HTTPException(422, f"form field {text_field!r} must be text, not a file")
+        if any(len(t) > MAX_TITLE_CHARS for t in texts):
+            raise HTTPException(422, f"form field {text_field!r}: a title is at most "
+                                     f"{MAX_TITLE_CHARS} characters")
     finally:
         await form.close()
-    return uploads
+    return uploads, [t.strip() for t in texts]
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -248,11 +273,16 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
             raise HTTPException(status, f"{name}: {str(e).removeprefix('uploaded bytes: ')}") \
                 from None
 
-    async def score(uploads: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    async def score(uploads: list[tuple[str, bytes]], titles: list[str]
+                    ) -> list[dict[str, Any]]:
+        if len(titles) > len(uploads):
+            raise HTTPException(422, f"{len(titles)} titles for {len(uploads)} files")
+        titles = titles + [""] * (len(uploads) - len(titles))
         arrays = await asyncio.gather(*(decode(name, data) for name, data in uploads))
         probabilities = await batcher(np.concatenate(arrays))
-        return [result_object(name, p, predictor)
-                for (name, _), p in zip(uploads, probabilities, strict=True)]
+        probabilities, fused = predictor.fuse(probabilities, titles)
+        return [result_object(name, p, predictor, t, f) for (name, _), p, t, f
+                in zip(uploads, probabilities, titles, fused, strict=True)]
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -261,17 +291,19 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
     @app.post("/predict", response_model=PosterResult, responses=ERRORS,
               openapi_extra=_multipart("file", many=False))
     async def predict(request: Request) -> dict[str, Any]:
-        """Genre probabilities for one poster (multipart field `file`)."""
-        uploads = await read_uploads(request, "file", 1, limits.max_upload_bytes)
-        return (await score(uploads))[0]
+        """Genre probabilities for one poster (multipart field `file`, optional `title`)."""
+        uploads, titles = await read_uploads(request, "file", 1, limits.max_upload_bytes,
+                                             "title")
+        return (await score(uploads, titles[:1]))[0]
 
     @app.post("/predict/batch", response_model=BatchResult, responses=ERRORS,
               openapi_extra=_multipart("files", many=True))
     async def predict_batch(request: Request) -> dict[str, Any]:
-        """Genre probabilities for several posters (repeated multipart field `files`)."""
-        uploads = await read_uploads(request, "files", limits.max_batch_files,
-                                     limits.max_upload_bytes)
-        return {"results": await score(uploads)}
+        """Genre probabilities for several posters (repeated multipart field `files`, and
+        optional `titles` in the same order)."""
+        uploads, titles = await read_uploads(request, "files", limits.max_batch_files,
+                                             limits.max_upload_bytes, "titles")
+        return {"results": await score(uploads, titles)}
 
     @app.post("/explain", response_model=ExplainResult, responses=ERRORS,
               openapi_extra=_multipart("file", many=False))
@@ -279,7 +311,8 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
             None, description="Explain this genre instead of the poster's top 3")
                       ) -> dict[str, Any]:
         """Why the model gives one poster (multipart field `file`) its top genres: Grad-CAM."""
-        uploads = await read_uploads(request, "file", 1, limits.max_upload_bytes)
+        uploads, titles = await read_uploads(request, "file", 1, limits.max_upload_bytes,
+                                             "title")
         name = uploads[0][0]
         image = (await decode(*uploads[0]))[0]
         explainer = await run_in_threadpool(get_explainer)
@@ -289,14 +322,17 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
         pixels = (image.transpose(1, 2, 0) * 255).round().astype(np.uint8)
         try:
             e = await run_in_threadpool(explainer.explain_array, pixels,
-                                        [genre] if genre else None, 3, name)
+                                        [genre] if genre else None, 3, name,
+                                        titles[0] if titles else None)
         except PosterGenreError as err:
             raise HTTPException(422, f"{name}: {err}") from None
         return {"path": name, "explanations": [
             {"genre": g, "probability": round(e.probability(g), 4),
              "heatmap": "data:image/png;base64,"
                         + base64.b64encode(e.heat_png(i)).decode("ascii")}
-            for i, g in enumerate(e.genres)]}
+            for i, g in enumerate(e.genres)],
+            "title_words": {g: [[w, round(c, 4)] for w, c in words[:8]]
+                            for g, words in (e.title_words or {}).items()} or None}
 
     @app.get("/genres", response_model=GenresInfo)
     async def genres() -> dict[str, Any]:

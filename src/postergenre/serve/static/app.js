@@ -26,6 +26,8 @@ async function upload(file) {
   setStatus(`Scoring ${file.name}\u2026`);
   const body = new FormData();
   body.append("file", file, file.name);
+  const title = $("title").value.trim();
+  if (title) body.append("title", title);
   let response, result;
   try {
     response = await fetch("predict", { method: "POST", body });
@@ -42,7 +44,10 @@ async function upload(file) {
   const poster = $("poster");
   if (poster.src) URL.revokeObjectURL(poster.src);
   poster.src = URL.createObjectURL(file);
-  $("filename").textContent = result.path;
+  $("filename").textContent = result.title ? `${result.title} (${result.path})` : result.path;
+  $("signals").textContent = result.signals.includes("title")
+    ? "Scored from the poster and its title."
+    : title ? "Scored from the poster only (this model has no title model)." : "";
   last = result;
   lastFile = file;
   heatmaps = {};
@@ -117,6 +122,7 @@ async function explain(genre) {
     setStatus(`Explaining ${genre}\u2026`);
     const body = new FormData();
     body.append("file", lastFile, lastFile.name);
+    if (last.title) body.append("title", last.title);
     let response, result;
     try {
       response = await fetch(`explain?genre=${encodeURIComponent(genre)}`, { method: "POST", body });
