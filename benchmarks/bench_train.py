@@ -73,11 +73,17 @@ def main() -> None:
                         help="Score a random subset of this many test posters.")
     parser.add_argument("--minutes", type=float, default=None,
                         help="Stop before an epoch that would end past this wall time.")
+    parser.add_argument("--precision", default=None, help="auto | fp32 | bf16 (default auto)")
+    parser.add_argument("--keras-python", default=None,
+                        help="A Python with TensorFlow: also train the original Keras model on "
+                             "the same posters in this run (benchmarks/bench_keras.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = make_config(args.recipe, model=args.model, epochs=args.epochs)
+    config = make_config(args.recipe, model=args.model, epochs=args.epochs,
+                         precision=args.precision)
     out = args.out or Path("runs") / f"bench-{config.model}"
     full_train = load_split(args.data, "train").labels  # the prior: full train frequencies
+    args.full_data = args.data
     if args.train_limit or args.val_limit or args.test_limit:
         args.data = subset(args.data, out.with_name(out.name + "-data"), args.train_limit,
                            args.val_limit, args.test_limit)
@@ -110,9 +116,47 @@ def main() -> None:
           f"({wall / max(summary['epochs'] - before, 1):.0f} s/epoch), peak RSS {peak:.0f} MiB")
     print("| scores on test | top-3 hit | macro AP | micro AP | macro ROC-AUC |")
     print("| --- | --- | --- | --- | --- |")
-    for name, s in (("prior", prior_scores), (config.model, model_scores)):
+    rows = [("prior", prior_scores), (f"{config.model} (PyTorch)", model_scores)]
+    history = read_history(out)[before:]
+    rates = {"PyTorch": [len(splits["train"]) / r["seconds"] for r in history]}
+    print("per epoch (train + val):", ", ".join(f"{r['seconds']:.1f} s" for r in history))
+    if args.keras_python:
+        keras = run_keras(args, len(splits["train"]), len(splits["val"]), len(y))
+        if keras:
+            rates["Keras"] = [len(splits["train"]) / s for s in keras["epoch_s"]]
+            k = keras["test"]
+            rows.append(("the original Keras model", k))
+    for name, s in rows:
         print(f"| {name} | {s['top3_hit']:.3f} | {s['macro_ap']:.3f} | {s['micro_ap']:.3f} | "
               f"{s['macro_auc']:.3f} |")
+    print("\n| training | seconds per epoch (last) | train posters/s (last) |")
+    print("| --- | --- | --- |")
+    for name, r in rates.items():
+        print(f"| {name} | {len(splits['train']) / r[-1]:.1f} | {r[-1]:.1f} |")
+    if "Keras" in rates:
+        print(f"PyTorch / Keras: {rates['PyTorch'][-1] / rates['Keras'][-1]:.2f}x (target 2x)")
+
+
+def run_keras(args: argparse.Namespace, train: int, val: int, test: int) -> dict | None:
+    """The original Keras custom CNN on the same subsets (bench_keras.py, its own process and
+    Python); None when that Python has no TensorFlow."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    script = Path(__file__).with_name("bench_keras.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "keras.json"
+        cmd = [args.keras_python, str(script), "--data", str(args.full_data), "--train",
+               str(train), "--val", str(val), "--test", str(test), "--epochs",
+               str(args.epochs), "--out", str(result)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "", flush=True)
+        if done.returncode != 0:
+            print(f"Keras run failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
+            return None
+        return json.loads(result.read_text()) if result.is_file() else None
 
 
 if __name__ == "__main__":
