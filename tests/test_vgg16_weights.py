@@ -211,6 +211,9 @@ def test_the_normalisation_fits_the_source_and_travels_with_the_run(tmp_path, re
     forced = create_model("vgg16", 5, input_size=SIZE, normalization="torchvision",
                           backbone_weights=tmp_path / "k.h5")
     assert forced.normalization == "torchvision"
+    raw = create_model("vgg16", 5, input_size=SIZE, normalization="none",
+                       backbone_weights=tmp_path / "k.h5")
+    assert raw.normalization == "none" and torch.equal(first_conv_input(raw, x), x)
 
     # a run's weights file carries the normalisation: a default-built model reads it back
     save_weights(keras, tmp_path / "run" / "weights.safetensors")

@@ -11,7 +11,9 @@ from random weights and `pretrained` is False.
 
 The input normalisation (`normalization`) fits the weights' source unless given:
 "torchvision" (ImageNet mean/std on [0, 1] RGB) or "caffe" (what the Keras/Oxford weights
-expect: RGB -> BGR, x 255, minus 103.939, 116.779, 123.68). It lives in the model as
+expect: RGB -> BGR, x 255, minus 103.939, 116.779, 123.68); "none" feeds [0, 1] RGB as is,
+which is what the original `5. Train-2.py` did with the Keras weights (it never called
+`preprocess_input`). It lives in the model as
 persistent buffers, so a run's weights file carries it, and `model.normalization` reads it
 back.
 """
@@ -35,6 +37,7 @@ BLOCK5_START = 24  # index in `features` of block 5's first conv
 NORMALIZATION = {
     "torchvision": ((0, 1, 2), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "caffe": ((2, 1, 0), (103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3),
+    "none": ((0, 1, 2), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # the original notebook's input
 }
 MEAN, STD = NORMALIZATION["torchvision"][1:]
 
@@ -104,7 +107,12 @@ class VGG16(nn.Module):
     @property
     def normalization(self) -> str:
         """The normalisation in use, read from the buffers (so also after loading a run)."""
-        return "caffe" if int(self.norm_order[0]) == 2 else "torchvision"
+        for name, (order, mean, std) in NORMALIZATION.items():
+            if (self.norm_order.tolist() == list(order)
+                    and torch.allclose(self.norm_mean.flatten().cpu(), torch.tensor(mean))
+                    and torch.allclose(self.norm_std.flatten().cpu(), torch.tensor(std))):
+                return name
+        return "custom"
 
     def _load_from_state_dict(self, state, prefix, *args, **kwargs):
         # Runs saved before the normalisation was stored used torchvision's: keep it.
