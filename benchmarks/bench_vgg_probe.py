@@ -63,7 +63,7 @@ def features(model, posters: np.ndarray, batch: int = 32) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for i in range(0, len(posters), batch):
-            x = torch.from_numpy(np.ascontiguousarray(posters[i:i + batch]))
+            x = torch.from_numpy(np.array(posters[i:i + batch]))  # a copy: the cache is read-only
             x = x.permute(0, 3, 1, 2).float().div_(255)
             x = (x.index_select(1, model.norm_order) - model.norm_mean) / model.norm_std
             out.append(model.features(x).mean(dim=(2, 3)).numpy())
