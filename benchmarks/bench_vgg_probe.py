@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,8 @@ def features(model, posters: np.ndarray, batch: int = 32) -> np.ndarray:
 def probe(f_train, y_train, f_val, c: float | None = None) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.preprocessing import StandardScaler
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
 
     scaler = StandardScaler().fit(f_train)
     a, b = scaler.transform(f_train), scaler.transform(f_val)
