@@ -84,7 +84,11 @@ def train(
     model_arg: list[str] = typer.Option([], "--model-arg", help="Model setting KEY=VALUE "
                                         "(JSON value), repeatable, e.g. input_size=[100,75]."),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="vgg16: a local "
-                                          "ImageNet weights file."),
+                                          "ImageNet VGG16 weights file: a torchvision .pth / "
+                                          ".safetensors, the Keras application's notop .h5, "
+                                          "or an ONNX graph holding the conv stack (format "
+                                          "detected; the input normalisation that fits it is "
+                                          "used and recorded)."),
     init: Path = typer.Option(None, "--init", help="finetune: the features run to start "
                               "from (implies --mode finetune)."),
     trainable_blocks: int = typer.Option(None, "--trainable-blocks", help="How many of the "

@@ -1,13 +1,21 @@
 """`vgg16`: the original transfer model.
 
-The VGG16 convolutional base (torchvision's layout, so its ImageNet state dict loads as is),
-frozen except block 5 (three 3x3 convs and the pool: the original's "last 4 layers"), then
-Flatten -> Dense 1024 + ReLU -> Dropout 0.5 -> Dense G (logits). Input 200 x 150 as the
-original; ImageNet mean/std normalisation happens inside the model.
+The VGG16 convolutional base (torchvision's layout), frozen except block 5 (three 3x3 convs
+and the pool: the original's "last 4 layers"), then Flatten -> Dense 1024 + ReLU ->
+Dropout 0.5 -> Dense G (logits). Input 200 x 150 as the original, [0, 1] RGB like every model.
 
-ImageNet weights come from a local file (`backbone_weights`: a torchvision `vgg16` state dict,
-.pth or .safetensors; keys `features.*` are used, the rest ignored). Nothing is downloaded:
-without the file the base starts from random weights and `pretrained` is False.
+ImageNet weights come from a local file (`backbone_weights`): a torchvision `vgg16` state dict
+(.pth or .safetensors), the Keras application's `..._notop.h5`, or an ONNX graph holding the
+conv stack (see `vgg16_weights`). Nothing is downloaded: without the file the base starts
+from random weights and `pretrained` is False.
+
+The input normalisation (`normalization`) fits the weights' source unless given:
+"torchvision" (ImageNet mean/std on [0, 1] RGB) or "caffe" (what the Keras/Oxford weights
+expect: RGB -> BGR, x 255, minus 103.939, 116.779, 123.68); "none" feeds [0, 1] RGB as is,
+which is what the original `5. Train-2.py` did with the Keras weights (it never called
+`preprocess_input`). It lives in the model as
+persistent buffers, so a run's weights file carries it, and `model.normalization` reads it
+back.
 """
 
 from __future__ import annotations
@@ -19,12 +27,19 @@ from torch import nn
 
 from postergenre.errors import PosterGenreError
 from postergenre.models.registry import register_model
+from postergenre.models.vgg16_weights import load_vgg16_features
 
 INPUT_SIZE = (200, 150)  # (height, width)
 # torchvision's "D" configuration: numbers are conv widths, "M" a 2x2 max pool.
 CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 BLOCK5_START = 24  # index in `features` of block 5's first conv
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Per normalisation: channel order taken from the RGB input, mean and std on the [0, 1] scale.
+NORMALIZATION = {
+    "torchvision": ((0, 1, 2), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "caffe": ((2, 1, 0), (103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3),
+    "none": ((0, 1, 2), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # the original notebook's input
+}
+MEAN, STD = NORMALIZATION["torchvision"][1:]
 
 
 def make_features() -> nn.Sequential:
@@ -40,32 +55,23 @@ def make_features() -> nn.Sequential:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a .pth/.pt file (loaded with weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PosterGenreError(f"{path}: backbone weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch and safetensors raise many types for a bad file
-        raise PosterGenreError(f"{path}: not a readable state dict ({e})") from None
-    if not isinstance(state, dict):
-        raise PosterGenreError(f"{path}: does not hold a state dict")
-    return state
+    """The `features` state dict (torchvision layout) of any supported weights file."""
+    return load_vgg16_features(path)[0]
 
 
 class VGG16(nn.Module):
     def __init__(self, num_genres: int, input_size: tuple[int, int] = INPUT_SIZE,
                  backbone_weights: str | Path | None = None, hidden: int = 1024,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, normalization: str | None = None) -> None:
         super().__init__()
+        if normalization is not None and normalization not in NORMALIZATION:
+            raise PosterGenreError(f"vgg16: normalization must be one of "
+                                   f"{', '.join(NORMALIZATION)}, not {normalization!r}")
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("norm_order", torch.zeros(3, dtype=torch.long))
+        self.register_buffer("norm_mean", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("norm_std", torch.ones(1, 3, 1, 1))
+        self.set_normalization(normalization or "torchvision")
         self.features = make_features()
         h, w = self.input_size
         for _ in range(5):
@@ -77,27 +83,46 @@ class VGG16(nn.Module):
             nn.Dropout(dropout), nn.Linear(hidden, num_genres),
         )
         self.pretrained = False
+        self.weights_source: str | None = None
         if backbone_weights is not None:
-            self.load_backbone(backbone_weights)
+            fitting = self.load_backbone(backbone_weights)
+            self.set_normalization(normalization or fitting)
         for p in self.features[:BLOCK5_START].parameters():
             p.requires_grad_(False)
 
-    def load_backbone(self, path: str | Path) -> None:
-        """Load ImageNet conv weights from a torchvision-layout state dict file."""
-        state = read_state_dict(path)
-        features = {k.removeprefix("features."): v for k, v in state.items()
-                    if k.startswith("features.")}
-        expected = self.features.state_dict()
-        bad = sorted(set(expected) ^ set(features)) or [
-            k for k, v in features.items() if v.shape != expected[k].shape]
-        if bad:
-            raise PosterGenreError(
-                f"{path}: not a torchvision vgg16 state dict (features.{bad[0]} does not match)")
-        self.features.load_state_dict(features)
-        self.pretrained = True
+    def load_backbone(self, path: str | Path) -> str:
+        """Load ImageNet conv weights from a file in any supported format (converted once and
+        cached); return the normalisation that fits them."""
+        state, normalization, source = load_vgg16_features(path)
+        self.features.load_state_dict(state)
+        self.pretrained, self.weights_source = True, source
+        return normalization
+
+    def set_normalization(self, name: str) -> None:
+        order, mean, std = NORMALIZATION[name]
+        self.norm_order.copy_(torch.tensor(order))
+        self.norm_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+        self.norm_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
+
+    @property
+    def normalization(self) -> str:
+        """The normalisation in use, read from the buffers (so also after loading a run)."""
+        for name, (order, mean, std) in NORMALIZATION.items():
+            if (self.norm_order.tolist() == list(order)
+                    and torch.allclose(self.norm_mean.flatten().cpu(), torch.tensor(mean))
+                    and torch.allclose(self.norm_std.flatten().cpu(), torch.tensor(std))):
+                return name
+        return "custom"
+
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        # Runs saved before the normalisation was stored used torchvision's: keep it.
+        for name in ("norm_order", "norm_mean", "norm_std"):
+            state.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features((x - self.mean) / self.std))
+        x = (x.index_select(1, self.norm_order) - self.norm_mean) / self.norm_std
+        return self.classifier(self.features(x))
 
     def explain_layer(self) -> nn.Module:
         """conv5_3's ReLU (before the last pool): the map Grad-CAM explains (explain.py)."""

@@ -75,6 +75,8 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
             raise PosterGenreError(f"{config.init}: start from a features run with 'multi' "
                                    "pooling and no flip averaging")
     model = create_model(config.model, len(genres), **kwargs, **extra)
+    if extra and getattr(model, "normalization", None) and "normalization" not in kwargs:
+        kwargs["normalization"] = model.normalization  # what fits the weights: on record
     if config.mode == "finetune":
         model.cut_for(config.trainable_blocks)  # a one-line error for an impossible number
         load_weights(model, start.path / WEIGHTS, partial=True)
