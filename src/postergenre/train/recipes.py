@@ -106,8 +106,8 @@ MODE_OPTIONS: dict[str, set[str]] = {
 
 # Each optimizer by name; Keras's epsilon (and RMSprop's rho) where the originals used Keras.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
-    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, eps=1e-7, weight_decay=wd),
+    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd, fused=True),
+    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, eps=1e-7, weight_decay=wd, fused=True),
     "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, alpha=0.9, eps=1e-7,
                                                      weight_decay=wd),
     "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True,
