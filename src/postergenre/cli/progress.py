@@ -1,8 +1,10 @@
-"""Rich progress bars for the library's `Progress` events, and the simple bar of list commands."""
+"""Rich progress bars for the library's `Progress` events (and the bar of list commands)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import (
@@ -24,14 +26,14 @@ class RichProgress(ProgressSink):
     """One Rich bar per task name (epochs, batches, feature extraction...), on stderr, with
     its count, a status text (loss, val macro AP, posters/s) and the time left."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, transient: bool = False) -> None:
         self.bars: Progress | None = None
         self.tasks: dict[str, TaskID] = {}
         if enabled:
             self.bars = Progress(TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=Console(stderr=True))
+                                 console=Console(stderr=True), transient=transient)
             self.bars.start()
 
     def start(self, task: str, total: int, completed: int = 0) -> None:
@@ -67,23 +69,10 @@ class RichProgress(ProgressSink):
         self.close()
 
 
-class progress_bar:
-    """A Rich progress bar on stderr for long lists (or any list on a terminal); yields an
-    `advance(n)` callable."""
-
-    def __init__(self, total: int, label: str = "predicting") -> None:
-        self.total, self.label = total, label
-        self.bar = None
-        if total > 1 and (sys.stderr.isatty() or total >= LONG_LIST):
-            self.bar = Progress(console=Console(stderr=True), transient=True)
-
-    def __enter__(self):
-        if self.bar is None:
-            return lambda n: None
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+@contextmanager
+def progress_bar(total: int, label: str = "predicting") -> Iterator[Callable[[int], None]]:
+    """A transient bar for long lists (or any list on a terminal); yields `advance(n)`."""
+    shown = total > 1 and (sys.stderr.isatty() or total >= LONG_LIST)
+    with RichProgress(shown, transient=True) as bars:
+        bars.start(label, total)
+        yield lambda n: bars.advance(label, n)
