@@ -120,15 +120,12 @@ MAX_TITLE_CHARS = 300
 
 
 def _multipart(field: str, many: bool) -> dict[str, Any]:
-    """OpenAPI request body for a multipart upload (parsed by hand to enforce the limits)."""
+    """OpenAPI request body for a multipart upload (parsed by hand to enforce the limits).
+    The optional title text fields are described in each endpoint's text, not in the schema:
+    a multipart text field cannot be told apart from a mistyped one."""
     file = {"type": "string", "format": "binary"}
-    text = {"type": "string", "maxLength": MAX_TITLE_CHARS}
     prop = {"type": "array", "items": file, "minItems": 1} if many else file
-    title = ({"titles": {"type": "array", "items": text, "description": "Optional: the movies' "
-                         "titles, in the order of the files (empty for none)"}} if many else
-             {"title": {**text, "description": 'Optional: the movie\'s title, e.g. "Nerve '
-                        '(2016)", fused with the poster when the model has a title model'}})
-    schema = {"type": "object", "required": [field], "properties": {field: prop, **title}}
+    schema = {"type": "object", "required": [field], "properties": {field: prop}}
     return {"requestBody": {"required": True,
                             "content": {"multipart/form-data": {"schema": schema}}}}
 
@@ -291,7 +288,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
     @app.post("/predict", response_model=PosterResult, responses=ERRORS,
               openapi_extra=_multipart("file", many=False))
     async def predict(request: Request) -> dict[str, Any]:
-        """Genre probabilities for one poster (multipart field `file`, optional `title`)."""
+        """Genre probabilities for one poster (multipart field `file`). An optional text field
+        `title` ("Nerve (2016)", at most 300 characters) is fused with the poster when the
+        model has a title model; `signals` says whether it was."""
         uploads, titles = await read_uploads(request, "file", 1, limits.max_upload_bytes,
                                              "title")
         return (await score(uploads, titles[:1]))[0]
@@ -299,8 +298,8 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
     @app.post("/predict/batch", response_model=BatchResult, responses=ERRORS,
               openapi_extra=_multipart("files", many=True))
     async def predict_batch(request: Request) -> dict[str, Any]:
-        """Genre probabilities for several posters (repeated multipart field `files`, and
-        optional `titles` in the same order)."""
+        """Genre probabilities for several posters (repeated multipart field `files`), with
+        optional text fields `titles` in the same order (empty for none)."""
         uploads, titles = await read_uploads(request, "files", limits.max_batch_files,
                                              limits.max_upload_bytes, "titles")
         return {"results": await score(uploads, titles)}
