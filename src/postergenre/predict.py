@@ -325,6 +325,7 @@ class Prediction:
     source: str
     probabilities: np.ndarray | None = None
     error: str | None = None
+    fused: bool = False  # the probabilities fuse the poster with its title
 
 
 def _decode(source: str, size: tuple[int, int]) -> np.ndarray | str:
@@ -339,11 +340,13 @@ def _decode(source: str, size: tuple[int, int]) -> np.ndarray | str:
 
 
 def predict_stream(predictor: Predictor, sources: Sequence[str], workers: int = 2,
-                   on_done: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+                   on_done: Callable[[int], None] | None = None,
+                   titles: dict[str, str] | None = None) -> Iterator[Prediction]:
     """Predictions for files and URLs, in input order, one batch at a time.
 
     Posters are decoded (and URLs fetched) in a thread pool while the model scores the
     previous batch; a bad input yields a Prediction with `error` set, the others go on.
+    `titles` (source -> title) are fused a batch at a time (`Predictor.fuse`).
     `on_done(n)` is called after each batch with its size (for a progress bar).
     """
     size, bs = predictor.input_size, predictor.batch_size
@@ -361,11 +364,14 @@ def predict_stream(predictor: Predictor, sources: Sequence[str], workers: int = 
             if good:
                 x = np.stack([decoded[j] for j in good]).transpose(0, 3, 1, 2)
                 probs = predictor.predict_proba(x.astype(np.float32) / 255.0)
-            row = dict(zip(good, probs, strict=True))
+            fused = np.zeros(len(good), bool)
+            if titles:
+                probs, fused = predictor.fuse(probs, [titles.get(batch[j]) for j in good])
+            row = dict(zip(good, zip(probs, fused, strict=True), strict=True))
             for j, source in enumerate(batch):
                 d = decoded[j]
                 yield (Prediction(source, error=d) if isinstance(d, str)
-                       else Prediction(source, probabilities=row[j]))
+                       else Prediction(source, probabilities=row[j][0], fused=bool(row[j][1])))
             if on_done is not None:
                 on_done(len(batch))
 

@@ -6,6 +6,7 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from postergenre.backends import BACKEND_HELP
@@ -113,15 +114,14 @@ def predict(
         writer.writerow(csv_header(predictor.genres))
     failed = len(bad_inputs)
     with progress_bar(len(sources)) as advance:
-        for p in predict_stream(predictor, sources, on_done=advance):
+        for p in predict_stream(predictor, sources, on_done=advance, titles=fuse_titles):
             if p.error is not None:
                 failed += 1
                 print(f"error: {p.error}", file=sys.stderr)
                 continue
-            probs, signals = p.probabilities[None], None
+            probs, signals, used = p.probabilities[None], None, np.array([p.fused])
             if fuse_titles is not None:
-                probs, used = predictor.fuse(probs, [fuse_titles.get(p.source)])
-                signals = ["poster", "title"] if used[0] else ["poster"]
+                signals = ["poster", "title"] if p.fused else ["poster"]
             top = (predictor.over_threshold(probs, used if signals else None)
                    if threshold is not None else predictor.top_k(probs, top_k))[0]
             title = (fuse_titles or {}).get(p.source) or title_of(p.source, titles)

@@ -56,6 +56,18 @@ def _year_block(years: Sequence[int | None], encoding: str) -> sp.csr_matrix:
     return sp.csr_matrix((data, (rows, cols)), shape=(len(years), n_dec + n_five))
 
 
+def _normalise_blocks(x: sp.csr_matrix, width: int) -> None:
+    """Scale, in place, each row's columns [0, width) and [width, ...) to unit L2 norm (what
+    scikit-learn's `normalize` does to each block, without slicing or validation)."""
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    first = x.indices < width
+    squares = x.data.astype(np.float64) ** 2
+    norms = [np.sqrt(np.bincount(rows[m], squares[m], minlength=x.shape[0]))
+             for m in (first, ~first)]
+    norm = np.where(first, norms[0][rows], norms[1][rows])
+    x.data /= np.where(norm > 0, norm, 1.0).astype(x.data.dtype)
+
+
 class TitleModel:
     """Title + year -> per-genre logits."""
 
@@ -93,26 +105,25 @@ class TitleModel:
             name, year = parse_title(t or "")
             names.append(fold_title(name) if self.fold else name.lower())
             years.append(year)
-        common = {"n_features": self.n_features, "alternate_sign": False, "norm": None,
-                  "lowercase": False, "dtype": np.float32}
-        words = HashingVectorizer(analyzer="word", ngram_range=self.word_ngrams,
-                                  token_pattern=r"(?u)\b\w+\b", **common).transform(names)
-        chars = HashingVectorizer(analyzer="char_wb", ngram_range=self.char_ngrams,
-                                  **common).transform(names)
-        x = sp.hstack([words, chars], format="csr")
+        if getattr(self, "_vectorizers", None) is None:  # stateless: built once per model
+            common = {"n_features": self.n_features, "alternate_sign": False, "norm": None,
+                      "lowercase": False, "dtype": np.float32}
+            self._vectorizers = (
+                HashingVectorizer(analyzer="word", ngram_range=self.word_ngrams,
+                                  token_pattern=r"(?u)\b\w+\b", **common),
+                HashingVectorizer(analyzer="char_wb", ngram_range=self.char_ngrams, **common))
+        x = sp.hstack([v.transform(names) for v in self._vectorizers], format="csr")
         x.data = 1.0 + np.log(x.data)  # sublinear tf
         return x, years
 
     def _features(self, titles: Sequence[str]) -> sp.csr_matrix:
-        from sklearn.preprocessing import normalize
-
         x, years = self._hashed(titles)
-        x = x @ sp.diags(self.idf.astype(np.float32))
-        f = self.n_features
-        blocks = [normalize(x[:, :f]), normalize(x[:, f:])]
-        if self.year != "none":
-            blocks.append(_year_block(years, self.year) * self.year_weight)
-        return sp.hstack(blocks, format="csr", dtype=np.float32)
+        x.data *= self.idf[x.indices]
+        _normalise_blocks(x, self.n_features)  # each block (words, characters) to unit L2
+        if self.year == "none":
+            return x
+        year = _year_block(years, self.year) * self.year_weight
+        return sp.hstack([x, year], format="csr", dtype=np.float32)
 
     # --- fit / score ----------------------------------------------------------------------
 
@@ -135,6 +146,7 @@ class TitleModel:
         self.coef = np.zeros((len(self.genres), feats.shape[1]), np.float32)
         self.intercept = np.log(freq / (1 - freq)).astype(np.float32)
         self.coef[learn], self.intercept[learn] = w.T, b
+        self._coef_t = None  # decision_function's transposed copy, rebuilt on first use
         return self
 
     def decision_function(self, titles: Sequence[str]) -> np.ndarray:
@@ -143,8 +155,10 @@ class TitleModel:
             raise RuntimeError("TitleModel is not fitted")
         if len(titles) == 0:
             return np.zeros((0, len(self.genres)), np.float32)
+        if getattr(self, "_coef_t", None) is None or self._coef_t.shape[1] != len(self.genres):
+            self._coef_t = np.ascontiguousarray(self.coef.T)  # (features, G): no copy per call
         feats = self._features(list(titles))
-        return np.asarray(feats @ self.coef.T, np.float32) + self.intercept
+        return np.asarray(feats @ self._coef_t, np.float32) + self.intercept
 
     def predict_proba(self, titles: Sequence[str]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.decision_function(titles)))
