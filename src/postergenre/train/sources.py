@@ -80,7 +80,7 @@ def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
                 arrays[split.name] = cached_posters(split.paths, size, cache, workers)
         distributed.barrier()
     x_train, x_val = arrays["train"], arrays["val"]
-    y_train = torch.from_numpy(train.labels)
+    y_train = torch.tensor(train.labels)  # a copy: the split's array is read-only
 
     model.to(device, memory_format=torch.channels_last)
     net: nn.Module = model
