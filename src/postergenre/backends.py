@@ -1,14 +1,8 @@
-"""Backends: what turns a batch of posters into probabilities, in one place.
-
-    BACKENDS     the choices `predict`, `evaluate` and `serve` offer, each with its help text
-    TorchBackend a model in PyTorch eager (any device)
-    OnnxBackend  an ONNX graph in onnxruntime on the CPU (fp32, or a checked int8 graph)
-    make_session the onnxruntime session options every graph here runs with (feature
-                 extraction included)
-
-Both backends take (N, 3, H, W) float32 in [0, 1] and return (N, G) probabilities. Which
-graph a run uses (fp32, or int8 when its check passed) is decided in predict.py
-(`make_backend`); exporting and quantising graphs is export.py's work.
+"""Backends: what turns a batch of posters, (N, 3, H, W) float32 in [0, 1], into (N, G)
+probabilities: `TorchBackend` (PyTorch eager, any device) and `OnnxBackend` (onnxruntime on the
+CPU); `BACKENDS`, the choices every command offers; `make_session`, the onnxruntime options
+every graph here runs with (feature extraction included). Which graph a run uses is decided in
+predict.py (`make_backend`); exporting and quantising graphs is export.py's work.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """Graphs: ONNX export of a run's model, and its int8 version.
 
-`export_onnx(model, path, input_size)` writes one graph: input "image" (N, 3, H, W) float32 in
-[0, 1] with a dynamic batch axis, output "probabilities" (N, n_genres) (the sigmoid is inside the
-graph). `cached_onnx(run)` exports a run's model once into the cache (keyed by a hash of the
-run's config and weights, so a retrained run re-exports); backends.py runs it.
-
-int8: `quantize_onnx` quantises a graph (static, calibrated on the posters bundled with the
-package, so anyone can rebuild the same graph). The quality check that accepts it for a run
-(evaluate/int8.py) records itself in RUN/int8.json (a few hundred bytes: the graph is not
-stored in the run); `checked_int8(run)` then rebuilds the int8 graph into the cache on first use,
-as long as the run's config and weights are the ones it was checked against and the rebuilt
-graph agrees with fp32 on the bundled posters as closely as the checked one did.
+`export_onnx` writes a graph: "image" (N, 3, H, W) float32 in [0, 1] in, "probabilities" out.
+`cached_onnx(run)` exports a run once into the cache, keyed by a hash of its config and weights.
+`quantize_onnx` makes the int8 graph (static, calibrated on the bundled posters, so anyone can
+rebuild it). The check that accepts it (evaluate/int8.py) records itself in RUN/int8.json;
+`checked_int8(run)` rebuilds the graph on first use, provided the run is the one checked and
+the rebuilt graph agrees with fp32 on the bundled posters as closely as the checked one did.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""Load a run (or the shipped model) and score posters: `Predictor.load(run).predict_proba(x)`.
+"""Load a run (or the shipped model) and score posters: `Predictor.load(run).predict_proba(x)`
+takes (N, 3, H, W) floats in [0, 1] and returns (N, n_genres) probabilities.
 
-Plain arrays in and out: `predict_proba` takes a (N, 3, H, W) float array/tensor in [0, 1]
-(what `data.images.load_poster` makes) and returns (N, n_genres) probabilities.
-The backends (backends.py) compute the same numbers: PyTorch eager, and onnxruntime.
-
-Around it, what `postergenre predict` needs: inputs expanded from files, folders and URLs
-(`expand_inputs`, `fetch_url`), titles looked up by the imdbId in a file name (`load_titles`),
-batched prediction with decoding overlapped with the model (`predict_stream`), and the
+Around it, what `postergenre predict` needs: inputs from files, folders and URLs, titles by the
+imdbId in a file name, batched prediction overlapped with decoding (`predict_stream`), and the
 table / JSON-lines / CSV output formats.
 """
 
@@ -271,11 +267,7 @@ def load_titles(labels: str | os.PathLike | None = None, run: Run | None = None)
                 continue
             titles.update((int(i), t) for i, t in zip(split.ids, split.titles, strict=True) if t)
     if labels is not None:
-        from postergenre.data.movies import read_labels
-
-        table = read_labels(labels).table
-        table = table[table["imdbId"].notna() & (table["title"] != "")]
-        titles.update(zip(table["imdbId"].astype(int), table["title"], strict=True))
+        titles.update(read_titles(labels)[0])
     return titles
 
 

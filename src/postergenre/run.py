@@ -1,22 +1,14 @@
 """The run directory: what `train` writes and `evaluate`, `predict`, `serve` and `export` read.
 
-    RUN/
-      config.json          fixed keys: "model", "model_kwargs", "genres", "input_size",
-                           "dataset", "partial_weights", "train" (the TrainConfig, its "mode"
-                           included); optional "backbone_weights"
-      weights.safetensors  the best weights; with "partial_weights": true in the config only the
-                           trained tensors are stored and the rest (a pretrained ImageNet
-                           backbone) comes from the model's builder
-      thresholds.json      per-genre decision thresholds tuned on val
-      history.jsonl        one JSON object per epoch
-      checkpoint/          the last epoch's state, for `train --resume`
-      metrics.json, report.html   written by `evaluate`
+    RUN/config.json          "model", "model_kwargs", "genres", "input_size", "dataset",
+                             "partial_weights", "train" (the TrainConfig), optional "text"
+        weights.safetensors  the best weights (only the trained tensors when "partial_weights":
+                             the rest, a pretrained backbone, comes from the model's builder)
+        thresholds.json, history.jsonl, checkpoint/ (for `train --resume`), text/ (title model)
 
-The shipped model is a run directory inside the package (`postergenre/assets/default`).
-`write_config` is the one writer of config.json and `load_run` the one reader; older layouts
-(training settings under "training", the dataset inside them) are read into the same keys.
-A folder with a config.json but neither weights nor a checkpoint is a failed start, not a run:
-`holds_run` says which, so that a corrected command can reuse the folder.
+The shipped model is such a folder inside the package. `write_config` is the one writer of
+config.json and `load_run` the one reader (older layouts are read into the same keys). A folder
+with a config.json but no weights and no checkpoint is a failed start (`holds_run`), not a run.
 """
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ import typer
 
 from postergenre.backends import BACKEND_HELP
 from postergenre.cli.progress import progress_bar
-
-SPLITS = ("train", "val", "test")
+from postergenre.data.dataset import SPLITS
 
 
 def evaluate(

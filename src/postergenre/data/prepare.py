@@ -1,30 +1,12 @@
 """Labels + posters -> a dataset: clean, multi-hot encode, split by iterative stratification.
 
-Cleaning, in order; each input row ends in exactly one outcome:
-
-1. ``missing_id``: no imdbId, or one that is not a whole number;
-2. ``missing_genre``: no genre (an empty or blank Genre field);
-3. ``duplicate_id``: the id was already seen (the first row is kept; duplicates whose genres
-   disagree are listed in the report);
-4. ``poster_missing``: no poster file ``<imdbId>.<ext>`` in the posters folder;
-5. ``poster_invalid``: the poster does not fully decode (empty, truncated, not an image, a
-   decompression bomb, smaller than 8 pixels a side), the reason is recorded;
-6. ``kept``.
-
-Each file in the posters folder also ends in exactly one outcome: ``kept``, ``invalid``,
-``row_dropped`` (its row was dropped at steps 1-3), ``without_row``, ``duplicate_file`` (a
-second file for the same id, e.g. 123.jpg and 123.png; the .jpg wins), ``not_a_poster``
-(a name that is not ``<imdbId>.<image extension>``, the id in ASCII digits) or
-``unreadable`` (a dangling symbolic link, a link loop, an entry that cannot be examined);
-sub-folders are not searched. The report checks both sums.
-
-A data set that cannot make a split is a one-line error: fewer than ``MIN_MOVIES`` kept
-movies, or every kept movie with the same genres (nothing to learn). So is a seed outside
-[0, 2**32 - 1].
-
-The genre vocabulary is the sorted set of the kept movies' genres (MultiLabelBinarizer
-semantics). The train/val/test split uses iterative stratification for multi-label data
-(`iterstrat`), reproducible from the seed.
+Each input row ends in exactly one of ROW_OUTCOMES, checked in that order (a duplicate id
+keeps its first row; a poster must fully decode), and each file of the posters folder in
+exactly one of POSTER_OUTCOMES (sub-folders are not searched); the report checks both sums.
+docs/data.md defines each outcome. A data set that cannot make a split (fewer than
+MIN_MOVIES kept movies, or all with the same genres) is a one-line error. The vocabulary is
+the sorted set of the kept genres; the split is iterative stratification (`iterstrat`),
+reproducible from the seed.
 """
 
 from __future__ import annotations
@@ -165,16 +147,14 @@ def validate_posters(paths: Sequence[Path], workers: int | None = None,
 
     Returns, per path, None when the poster is usable or the one-line reason it is not.
     """
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(_check, paths, chunksize=64)
-        progress.start("checking posters", len(paths))
-        out = []
-        for result in results:
+    progress.start("checking posters", len(paths))
+    out = []
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        for result in pool.map(_check, paths, chunksize=64):
             out.append(result)
             progress.advance("checking posters")
-        progress.finish("checking posters")
-        return out
+    progress.finish("checking posters")
+    return out
 
 
 def check_ratios(val: float, test: float) -> None:

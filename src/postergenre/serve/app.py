@@ -251,11 +251,10 @@ def create_app(predictor: Predictor, limits: Limits | None = None,
         static_url="/docs-assets",
     )
     mb = f"{limits.max_upload_bytes / MB:.3g}"
+    one = (limits.max_upload_bytes + MULTIPART_OVERHEAD,
+           f"upload too large: over the {mb} MB limit")
     app.add_middleware(BodyLimit, limits={
-        "/predict": (limits.max_upload_bytes + MULTIPART_OVERHEAD,
-                     f"upload too large: over the {mb} MB limit"),
-        "/explain": (limits.max_upload_bytes + MULTIPART_OVERHEAD,
-                     f"upload too large: over the {mb} MB limit"),
+        "/predict": one, "/explain": one,
         "/predict/batch": (limits.max_batch_files * limits.max_upload_bytes + MULTIPART_OVERHEAD,
                            f"request too large: over {limits.max_batch_files} files "
                            f"of {mb} MB"),

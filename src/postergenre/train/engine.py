@@ -1,17 +1,10 @@
 """The training engine: one loop for every training mode, read top to bottom in `run_epochs`.
 
-A mode (train/sources.py) hands the engine a `Source`: the model, a function from a batch's
-inputs to logits, the epoch's batches, and the val split's probabilities. The engine owns the
-rest, the same for every mode:
-
-  optimizer and schedule; the loss (with optional per-genre positive weights); per-epoch
-  seeding (sample order, augmentation, dropout), so that a run resumed from its checkpoint
-  ends with the same weights as one never interrupted; validation (macro AP) after each
-  epoch; early stopping; the best weights in RUN/weights.safetensors; the last state in
-  RUN/checkpoint/ (what `resume` continues); a line per epoch in RUN/history.jsonl; progress
-  through a `Progress`; and, at the end, per-genre thresholds tuned on val.
-
-Under DDP every rank runs the loop on its share of each batch; rank 0 validates and writes.
+A mode (train/sources.py) hands the engine a `Source` (model, forward, batches, val
+probabilities); the engine owns the rest: optimizer, schedule, loss, per-epoch seeding (a run
+resumed from its checkpoint ends with the same weights as one never interrupted), validation
+(macro AP), early stopping, the best weights, the last checkpoint, history.jsonl, progress and
+thresholds tuned on val. Under DDP every rank trains on its share; rank 0 validates and writes.
 """
 
 from __future__ import annotations
@@ -82,9 +75,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> 'bf16' on CUDA and on CPUs with native bfloat16, else 'fp32'."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str = "auto"):
@@ -93,15 +84,8 @@ def autocast(device: torch.device, precision: str = "auto"):
     stay float32."""
     if resolve_precision(precision, device) == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def val_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """What early stopping watches (macro AP over genres with a positive), and top-3 hit."""
-    return {"val_macro_ap": macro_ap(y, probs), "val_top3_hit": top_k_hit(y, probs, 3)}
+    fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.float16 if fp16 else torch.bfloat16)
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -181,7 +165,9 @@ def run_epochs(source: Source, out: Path, config: TrainConfig, *, resume: bool =
         scores = {"val_macro_ap": float("nan"), "val_top3_hit": float("nan")}
         if main:
             model.eval()
-            scores = val_scores(source.y_val, source.val_probs())
+            probs = source.val_probs()  # early stopping watches the macro AP
+            scores = {"val_macro_ap": macro_ap(source.y_val, probs),
+                      "val_top3_hit": top_k_hit(source.y_val, probs, 3)}
         scores = distributed.broadcast(scores)
         score = scores["val_macro_ap"] if math.isfinite(scores["val_macro_ap"]) else -1.0
         if score > state["best"]:

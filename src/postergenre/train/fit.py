@@ -1,15 +1,10 @@
 """`fit`: the one entry point that trains a run, whatever the mode.
 
-    fit("datasets/shared", "runs/cnn", make_config("seed-custom", epochs=5))
     fit("datasets/shared", "runs/lite0", make_config(mode="features", model="efficientnet-lite0"))
-    fit("datasets/shared", "runs/ft", make_config(mode="finetune", model="efficientnet-lite0",
-                                                  init="runs/lite0", trainable_blocks=2))
 
-Everything is checked before anything is written (the model's registry entry says which modes
-it supports; the dataset's splits must be readable and not empty), so a failed start leaves
-nothing that blocks the retry. Then the run folder gets its config.json, the mode builds its
-data source (sources.py), and the engine (engine.py) trains it. With `resume=True` the run's
-own settings and dataset are used and training continues after its last checkpoint.
+Everything is checked before anything is written, so a failed start leaves nothing that blocks
+the retry. Then the run folder gets its config.json, the mode builds its data source
+(sources.py), and the engine (engine.py) trains it; `resume=True` continues a run.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler, WeightedRandomSampler
+from torch.utils.data import Sampler
 
 
 def rare_genre_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
@@ -24,13 +24,6 @@ def rare_genre_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
     w = np.where(labels, genre_w, 0.0).max(axis=1, initial=0.0)
     w = np.where(labels.any(axis=1), w, floor)
     return w / w.mean()
-
-
-def weighted_sampler(labels: np.ndarray, power: float = 0.5, num_samples: int | None = None,
-                     generator: torch.Generator | None = None) -> WeightedRandomSampler:
-    """A `WeightedRandomSampler` (with replacement) over `rare_genre_weights`."""
-    w = torch.as_tensor(rare_genre_weights(labels, power), dtype=torch.double)
-    return WeightedRandomSampler(w, num_samples or len(w), replacement=True, generator=generator)
 
 
 class EpochSampler(Sampler[int]):
