@@ -31,6 +31,21 @@ def test_custom_cnn_is_the_original_architecture():
     assert model(torch.rand(2, 3, 200, 150)).shape == (2, 28)
 
 
+def test_custom_cnn_relu_after_pool_is_the_original_order():
+    """ReLU after the max pool computes what Keras's Conv(activation='relu') -> MaxPool does."""
+    torch.manual_seed(0)
+    model = create_model("custom-cnn", 5, input_size=(100, 76)).eval()
+    f = list(model.features)
+    keras_order = torch.nn.Sequential(*[f[i + j] for i in range(0, len(f), 4)
+                                        for j in (0, 2, 1, 3)])
+    x = torch.rand(3, 3, 100, 76, requires_grad=True)
+    ours = model(x)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    theirs = model.classifier(keras_order(x))
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    assert torch.allclose(ours, theirs, atol=1e-6) and torch.allclose(g_ours, g_theirs, atol=1e-6)
+
+
 def test_custom_cnn_small_input_and_too_small():
     assert create_model("custom-cnn", 3, input_size=(76, 76))(torch.rand(1, 3, 76, 76)).shape \
         == (1, 3)
