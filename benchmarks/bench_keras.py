@@ -50,12 +50,42 @@ def read_split(data: Path, name: str, n: int | None, genres: list[str]) -> pd.Da
 
 
 def arrays(table: pd.DataFrame, genres: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The posters as uint8 (N, 200, 150, 3) (the notebook's `img_to_array(load_img(...))`,
+    whose values are whole numbers) and the labels; `/ 255` is applied per batch."""
     from keras.utils import img_to_array, load_img
 
-    x = np.empty((len(table), *SIZE, 3), np.float32)
+    x = np.empty((len(table), *SIZE, 3), np.uint8)
     for i, path in enumerate(table["poster"]):
-        x[i] = img_to_array(load_img(path, target_size=SIZE)) / 255
+        x[i] = img_to_array(load_img(path, target_size=SIZE))
     return x, table[genres].to_numpy(np.float32)
+
+
+def scaled(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) / 255  # the notebook's float32 [0, 1] arrays
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool):
+    """What `fit(x, y, batch_size, shuffle=True)` feeds, scaled a batch at a time: a float32
+    copy of all 11,192 train posters is 4 GB, and Keras copies its input arrays again."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.order = np.random.permutation(len(x)) if shuffle else np.arange(len(x))
+
+        def __len__(self) -> int:
+            return -(-len(x) // batch_size)
+
+        def __getitem__(self, i: int):
+            rows = np.sort(self.order[i * batch_size : (i + 1) * batch_size])
+            return scaled(x[rows]), y[rows]
+
+        def on_epoch_end(self) -> None:
+            if shuffle:
+                self.order = np.random.permutation(len(x))
+
+    return Batches()
 
 
 def build(num_genres: int):
@@ -137,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"val loss {logs.get('val_loss', float('nan')):.4f}", flush=True)
 
     t0 = time.perf_counter()
-    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(x_val, y_val), callbacks=[Timer()], verbose=0)
+    history = model.fit(batches(x_train, y_train, args.batch_size, True), epochs=args.epochs,
+                        validation_data=batches(x_val, y_val, args.batch_size, False),
+                        callbacks=[Timer()], verbose=0)
     train_s = time.perf_counter() - t0
     steady = epoch_s[1:] or epoch_s  # the first epoch also builds the graph
     per_epoch = float(np.median(steady))
@@ -159,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.test != 0:
         test = read_split(data, "test", args.test, genres)
         x_test, y_test = arrays(test, genres)
-        p = model.predict(x_test, batch_size=args.batch_size, verbose=0)
+        p = model.predict(scaled(x_test), batch_size=args.batch_size, verbose=0)
         prior = np.tile(y_train.mean(axis=0), (len(y_test), 1))
         result["test_posters"] = len(y_test)
         result["test"], result["prior"] = scores(y_test, p), scores(y_test, prior)
