@@ -51,10 +51,13 @@ def train(
                              "poster through the whole network (augmentation, DDP, CUDA); "
                              "features: a head on cached frozen-backbone features (fast on a "
                              "CPU; efficientnet's default on a CPU); finetune: the last blocks "
-                             "of a features run (--init) on a cached trunk."),
+                             "of a features run (--init) on a cached trunk; vgg16 (its default "
+                             "on a CPU): block 5 and the head on blocks 1-4's cached output."),
     recipe: str = typer.Option(None, "--recipe", help=f"Named settings: {', '.join(RECIPES)} "
-                               "(the original project's; end-to-end). Options given override "
-                               "it. seed-vgg16's 50 augmented epochs are meant for a GPU."),
+                               "(the original project's). Options given override it. "
+                               "seed-vgg16 on a CPU trains finetune (no augmentation on a "
+                               "cached trunk); its 50 augmented end-to-end epochs (--mode "
+                               "end-to-end) are meant for a GPU."),
     epochs: int = typer.Option(None, help="Epochs (end-to-end 30, seed-vgg16 50; features "
                                "100 with early stopping; finetune 8)."),
     batch_size: int = typer.Option(None, help="Global batch size, split across processes "
@@ -72,7 +75,7 @@ def train(
                                    "mild, 1 balanced)."),
     augment: bool = typer.Option(None, "--augment/--no-augment", help="end-to-end: the "
                                  "original augmentation (rotate, zoom, shift, shear, flip); on "
-                                 "for seed-vgg16, off for seed-custom (as the notebook)."),
+                                 "for seed-vgg16 end to end, off for seed-custom (the notebook)."),
     precision: str = typer.Option(None, help=f"end-to-end: {' | '.join(PRECISIONS)} for the "
                                   "forward pass (auto: bfloat16 where the CPU or GPU runs it "
                                   "natively, else fp32; weights stay fp32)."),
@@ -92,7 +95,7 @@ def train(
     init: Path = typer.Option(None, "--init", help="finetune: the features run to start "
                               "from (implies --mode finetune)."),
     trainable_blocks: int = typer.Option(None, "--trainable-blocks", help="How many of the "
-                                         "last blocks train: finetune (default 2), or "
+                                         "last blocks train: finetune (default 2; vgg16 1), or "
                                          "efficientnet end-to-end (-1: all)."),
     freeze: str = typer.Option(None, "--freeze", hidden=True,
                                help="Deprecated: --mode features / --trainable-blocks N."),

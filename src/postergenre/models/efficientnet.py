@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from postergenre.errors import PosterGenreError
-from postergenre.models.registry import register_model
+from postergenre.models.registry import register_model, tensor_digest
 
 VARIANTS = ("lite0", "lite1", "lite2")
 POOLS = ("mean", "meanmax", "multi")
@@ -96,7 +96,7 @@ class EfficientNetLite(nn.Module):
         if pool not in POOLS:
             raise PosterGenreError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
         self.variant, self.pool, self.trainable_blocks = variant, pool, trainable_blocks
-        self.flip_average = flip_average
+        self.flip_average, self.bundled = flip_average, pretrained  # bundled weights
         self.input_size = (int(input_size[0]), int(input_size[1]))
         net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=self.input_size)
         if pretrained:
@@ -168,6 +168,10 @@ class EfficientNetLite(nn.Module):
             raise PosterGenreError(f"--trainable-blocks must be between 1 and {n - 1}, "
                                    f"not {blocks}")
         return n - blocks
+
+    def trunk_id(self, cut: int) -> str:
+        """'' for the bundled ImageNet weights (the model's name says which), else a digest."""
+        return "" if self.bundled else tensor_digest(self.backbone.state_dict().values())
 
     def tail_logits(self, rows: torch.Tensor, cut: int, drop_connect: float = 0.0
                     ) -> torch.Tensor:

@@ -15,12 +15,14 @@ training modes it supports (train/recipes.py) and which it uses by default on a 
 CUDA, and how many of its last blocks can be fine-tuned on a cached trunk. Models that
 support "features" have `features(x)`, `feature_dim`, `head`, `fit_head_statistics(x)` and
 `trained_keys()`; models that support "finetune" also `cut_for(blocks)`,
-`trunk_features(x, cut)` and `tail_logits(rows, cut, drop_connect)`.
+`trunk_features(x, cut)`, `tail_logits(rows, cut, drop_connect)` and `trunk_id(cut)` (what
+the trunk depends on beyond the name and input size, in its cache key: '' for bundled weights).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -42,6 +44,9 @@ class ModelInfo:
     cpu_mode: str = "end-to-end"  # the mode `train` uses when none is given, on a CPU
     cuda_mode: str = "end-to-end"  # ... and on CUDA
     finetune_blocks: int = 0  # the most last blocks "finetune" may train (0: not cuttable)
+    finetune_needs_init: bool = True  # "finetune" starts from a features run; False: from
+    # the model's own (backbone) weights, no --init
+    finetune_mirrors: bool = True  # "finetune" also caches the mirrored posters' trunks
 
     @property
     def settings(self) -> tuple[str, ...]:
@@ -52,6 +57,14 @@ class ModelInfo:
 
     def default_mode(self, cuda: bool) -> str:
         return self.cuda_mode if cuda else self.cpu_mode
+
+
+def tensor_digest(tensors) -> str:
+    """A short sha1 of tensors' values (a model's `trunk_id`)."""
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 _MODELS: dict[str, ModelInfo] = {}

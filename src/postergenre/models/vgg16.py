@@ -16,6 +16,11 @@ which is what the original `5. Train-2.py` did with the Keras weights (it never 
 `preprocess_input`). It lives in the model as
 persistent buffers, so a run's weights file carries it, and `model.normalization` reads it
 back.
+
+On a CPU it trains in "finetune" mode: blocks 1-4 never change, so their output (after block
+4's pool, 512 x 12 x 9 at 200 x 150) is cached once per poster, and block 5 and the head train
+on it (`cut_for`, `trunk_features`, `tail_logits`; train/sources.py). `trunk_id` names the
+frozen weights and the normalisation in the cache key. A run stores every tensor.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 
 from postergenre.errors import PosterGenreError
-from postergenre.models.registry import register_model
+from postergenre.models.registry import register_model, tensor_digest
 from postergenre.models.vgg16_weights import load_vgg16_features
 
 INPUT_SIZE = (200, 150)  # (height, width)
@@ -120,9 +125,38 @@ class VGG16(nn.Module):
             state.setdefault(prefix + name, getattr(self, name).clone())
         super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.index_select(1, self.norm_order) - self.norm_mean) / self.norm_std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.index_select(1, self.norm_order) - self.norm_mean) / self.norm_std
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(self.normalize(x)))
+
+    def cut_for(self, blocks: int) -> int:
+        """The cached trunk ends after block 4's pool: block 5 trains, as in the original."""
+        if blocks != 1:
+            raise PosterGenreError(f"vgg16 trains block 5 on its cached trunk: --trainable-blocks "
+                                   f"must be 1, not {blocks}")
+        return BLOCK5_START
+
+    def trunk_features(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        """The normalised input through blocks 1-4, flattened: one row per poster."""
+        return self.features[:cut](self.normalize(x)).flatten(1)
+
+    def tail_logits(self, rows: torch.Tensor, cut: int, drop_connect: float = 0.0
+                    ) -> torch.Tensor:
+        """Logits from `trunk_features` rows: block 5 and the head (no drop-connect here)."""
+        h, w = self.input_size
+        return self.classifier(self.features[cut:](rows.unflatten(1, (512, h // 16, w // 16))))
+
+    def trunk_id(self, cut: int) -> str:
+        """What the cached trunk depends on: the normalisation and the frozen weights' digest."""
+        tensors = [self.norm_order, self.norm_mean, self.norm_std,
+                   *self.features[:cut].state_dict().values()]
+        return f"{self.normalization}-{tensor_digest(tensors)}"
+
+    def trained_keys(self) -> list[str]:
+        """State-dict keys a run stores: all (the frozen blocks' file is not part of the run)."""
+        return list(self.state_dict())
 
     def explain_layer(self) -> nn.Module:
         """conv5_3's ReLU (before the last pool): the map Grad-CAM explains (explain.py)."""
@@ -130,4 +164,6 @@ class VGG16(nn.Module):
 
 
 register_model("vgg16", input_size=INPUT_SIZE, min_input_size=(32, 32),
-               normalization="ImageNet mean and std")(VGG16)
+               normalization="ImageNet mean and std", modes=("end-to-end", "finetune"),
+               cpu_mode="finetune", finetune_blocks=1, finetune_needs_init=False,
+               finetune_mirrors=False)(VGG16)

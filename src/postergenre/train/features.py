@@ -38,19 +38,22 @@ class FeatureSpec:
     """What a cached feature is: backbone, input size (h, w), pooling, mirrored or not, and
     `cut`: when set, the backbone's state after its first `cut` blocks (the map and the "multi"
     stage means so far, flattened, in float16) instead of pooled features: what fine-tuning
-    the remaining blocks starts from (train/sources.py, `cached_trunk`)."""
+    the remaining blocks starts from (train/sources.py, `cached_trunk`); `weights`: the model's
+    `trunk_id(cut)` (its frozen weights and normalisation, when the name does not say them)."""
 
     model: str = "efficientnet-lite0"
     input_size: tuple[int, int] = (268, 182)
     pool: str = "mean"
     flip: bool = False
     cut: int | None = None
+    weights: str = ""
 
     @property
     def key(self) -> str:
         h, w = self.input_size
         pool = self.pool if self.cut is None else f"trunk{self.cut}"
-        return f"{self.model}_{h}x{w}_{pool}" + ("_flip" if self.flip else "")
+        return f"{self.model}_{h}x{w}_{pool}" + ("_flip" if self.flip else "") + (
+            f"_{self.weights}" if self.weights else "")
 
     def mirrored(self, flip: bool = True) -> FeatureSpec:
         return replace(self, flip=flip)
@@ -132,9 +135,10 @@ class _TorchFeatures:
         return self.module(torch.from_numpy(x)).numpy()
 
 
-def make_extractor(spec: FeatureSpec, backend: str = "auto"):
-    """A callable (N, 3, H, W) float32 array in [0, 1] -> (N, D) features."""
-    model = spec.build()
+def make_extractor(spec: FeatureSpec, backend: str = "auto", model: nn.Module | None = None):
+    """A callable (N, 3, H, W) float32 array in [0, 1] -> (N, D) features: of `model` (in eval
+    mode) when given, else of `spec.build()`."""
+    model = spec.build() if model is None else model.eval()
     if backend in ("auto", "onnx"):
         try:
             return _OnnxFeatures(model, spec)
@@ -168,8 +172,10 @@ def _batches(paths: Sequence[Path], spec: FeatureSpec, batch_size: int
 def cache_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = FeatureSpec(),
                    batch_size: int = 64, chunk_size: int = 512, backend: str = "auto",
                    root: str | os.PathLike | None = None, progress: Progress = SILENT,
-                   rank: int | None = None, world: int | None = None) -> list[str]:
-    """Compute and cache this rank's share (r::world) of the posters not cached yet.
+                   rank: int | None = None, world: int | None = None,
+                   model: nn.Module | None = None) -> list[str]:
+    """Compute and cache this rank's share (r::world) of the posters not cached yet (with
+    `model`'s frozen part when given, see `make_extractor`).
 
     Returns the errors of unreadable posters (one line each); the others are cached regardless.
     """
@@ -184,7 +190,7 @@ def cache_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = Featu
     todo = [i for i in first[rank::world] if digests[i] not in cached]  # a stable share
     if not todo:
         return errors
-    extractor = make_extractor(spec, backend)
+    extractor = make_extractor(spec, backend, model)
     todo_paths = [paths[i] for i in todo]
     done_digests: list[bytes] = []
     done_rows: list[np.ndarray] = []

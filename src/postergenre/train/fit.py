@@ -48,12 +48,17 @@ FEATURES_HEAD = {"pool": "multi", "head": "mlp", "hidden": 256, "dropout": 0.6}
 def _build(config: TrainConfig, genres: list[str], dataset: str | Path
            ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model to train and the settings that rebuild it (the run's "model_kwargs"): a new
-    one, or (finetune) the `init` run's with its last blocks made trainable."""
+    one, or (finetune) the `init` run's with its last blocks made trainable, or (finetune of a
+    model that starts from its own backbone weights, e.g. vgg16) a new one."""
     kwargs = dict(config.model_kwargs)
     extra = {"backbone_weights": config.backbone_weights} if config.backbone_weights else {}
+    from_init = config.mode == "finetune" and model_info(config.model).finetune_needs_init
     if config.mode == "features":
         kwargs = {**FEATURES_HEAD, **kwargs, "flip_average": config.flip, "trainable_blocks": 0}
-    elif config.mode == "finetune":
+    elif config.mode == "finetune" and config.init and not from_init:
+        raise PosterGenreError(f"{config.model} fine-tunes from its --backbone-weights, not "
+                               "from a run: drop --init")
+    elif from_init:
         if config.init is None:
             raise PosterGenreError("finetune training starts from a features run: give --init")
         if kwargs:
@@ -74,6 +79,7 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
         kwargs["normalization"] = model.normalization  # what fits the weights: on record
     if config.mode == "finetune":
         model.cut_for(config.trainable_blocks)  # a one-line error for an impossible number
+    if from_init:
         load_weights(model, start.path / WEIGHTS, partial=True)
     return model, kwargs
 
@@ -130,7 +136,8 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
                   file=sys.stderr)
         if distributed.is_main() and not resume:
             ensure_writable_dir(out)
-            partial = config.mode != "end-to-end"
+            partial = config.mode != "end-to-end" and len(model.trained_keys()) < len(
+                model.state_dict())  # vgg16's finetune run stores every tensor
             write_config(out, model=config.model, model_kwargs=kwargs, genres=train.genres,
                          input_size=tuple(model.input_size), dataset=dataset,
                          train=config.to_dict(), partial_weights=partial)

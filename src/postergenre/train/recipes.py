@@ -4,7 +4,8 @@ A model trains in one of three modes (the model's registry entry says which it s
 
   end-to-end  every poster through the whole network each epoch (augmentation, DDP, CUDA);
   features    a head on cached frozen-backbone features: the fast CPU path;
-  finetune    the last blocks and the head of a `features` run (`init`), on a cached trunk.
+  finetune    the last blocks and the head of a `features` run (`init`), on a cached trunk
+              (vgg16: block 5 and its head, from its backbone weights, no `init`).
 
 `make_config(recipe, mode, **options)` starts from the mode's defaults, applies the recipe
 (`--recipe seed-custom` / `seed-vgg16`: the original project's), then every option given.
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from postergenre.errors import PosterGenreError
+from postergenre.models import model_info
 
 MODES = ("end-to-end", "features", "finetune")
 SCHEDULES = ("cosine", "constant", "onecycle")
@@ -101,7 +103,7 @@ _COMMON = {"model", "model_kwargs", "mode", "epochs", "batch_size", "optimizer",
 MODE_OPTIONS: dict[str, set[str]] = {
     "end-to-end": _COMMON | {"augment", "backbone_weights", "precision"},
     "features": _COMMON | {"flip"},
-    "finetune": _COMMON | {"init", "trainable_blocks", "drop_connect"},
+    "finetune": _COMMON | {"init", "trainable_blocks", "drop_connect", "backbone_weights"},
 }
 
 # Each optimizer by name; Keras's epsilon (and RMSprop's rho) where the originals used Keras.
@@ -136,14 +138,16 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: 
 
 # Keras defaults the originals ran with: Adam(lr=1e-3), RMSprop(lr=1e-4, rho=0.9); no decay,
 # no early stopping. The custom CNN's notebook fits plain arrays (no augmentation); the VGG16
-# script uses an ImageDataGenerator (augmentation on).
+# script uses an ImageDataGenerator (augmentation on), which only end-to-end training can do:
+# in finetune mode (vgg16's default on a CPU) block 5 trains on the cached trunk, unaugmented.
+# A recipe gives a mode only the settings it reads.
 RECIPES: dict[str, dict[str, Any]] = {
     "seed-custom": dict(model="custom-cnn", optimizer="adam", lr=1e-3, weight_decay=0.0,
                         schedule="constant", epochs=30, batch_size=64, augment=False,
                         patience=0),
     "seed-vgg16": dict(model="vgg16", optimizer="rmsprop", lr=1e-4, weight_decay=0.0,
                        schedule="constant", epochs=50, batch_size=64, augment=True,
-                       patience=0),
+                       patience=0, drop_connect=0.0),
 }
 
 
@@ -162,8 +166,14 @@ def make_config(recipe: str | None = None, mode: str = "end-to-end",
         if recipe not in RECIPES:
             raise PosterGenreError(f"unknown recipe {recipe!r}; choose one of: "
                                    f"{', '.join(RECIPES)}")
-        if mode != "end-to-end":
-            raise PosterGenreError(f"--recipe {recipe} trains end to end, not in {mode} mode")
-        base.update(RECIPES[recipe], recipe=recipe)
+        if mode not in model_info(RECIPES[recipe]["model"]).modes:
+            raise PosterGenreError(f"--recipe {recipe} trains end to end (or in another mode "
+                                   f"its model supports), not in {mode} mode")
+        base.update({k: v for k, v in RECIPES[recipe].items() if k in MODE_OPTIONS[mode]},
+                    recipe=recipe)  # what the mode reads (no augmentation on a cached trunk)
+    if mode == "finetune":  # the last 2 blocks, or as many as the model can train
+        model = given.get("model", base.get("model", TrainConfig.model))
+        base["trainable_blocks"] = min(TrainConfig.trainable_blocks,
+                                       model_info(model).finetune_blocks)
     base.update(given)
     return TrainConfig.from_dict(base)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from postergenre.data.dataset import Split
+from postergenre.models import model_info
 from postergenre.progress import SILENT, Progress
 from postergenre.train import distributed
 from postergenre.train.augment import apply_affine, random_affine
@@ -169,13 +170,15 @@ def _frozen_statistics(model: nn.Module) -> None:
 
 def cached_trunk(model: nn.Module, train: Split, val: Split, config: TrainConfig,
                  progress: Progress = SILENT, **options: Any) -> Source:
-    """The last `config.trainable_blocks` blocks and the head on the cached trunk; each training
-    poster is seen plain or mirrored at random, batch-norm statistics stay as they were."""
-    extract = dict(_feature_options(options, progress), dtype=np.float16)
+    """The last `config.trainable_blocks` blocks and the head on the cached trunk (computed by
+    the model's frozen part); each training poster is seen plain or mirrored at random (plain
+    only where the registry caches no mirrored trunk), batch-norm statistics stay as they were."""
+    extract = dict(_feature_options(options, progress), dtype=np.float16, model=model)
     cut = model.cut_for(config.trainable_blocks)
-    spec = FeatureSpec(config.model, tuple(model.input_size), "multi", cut=cut)
-    rows = {flip: extract_features(train.paths, spec.mirrored(flip), **extract)
-            for flip in (False, True)}
+    spec = FeatureSpec(config.model, tuple(model.input_size), "multi", cut=cut,
+                       weights=model.trunk_id(cut))
+    flips = (False, True) if model_info(config.model).finetune_mirrors else (False,)
+    rows = {flip: extract_features(train.paths, spec.mirrored(flip), **extract) for flip in flips}
     val_rows = extract_features(val.paths, spec, **extract)
     y = torch.from_numpy(train.labels.astype(np.float32))
     bs = config.batch_size
@@ -186,7 +189,7 @@ def cached_trunk(model: nn.Module, train: Split, val: Split, config: TrainConfig
         mirrored = torch.rand(len(train), generator=g).numpy() < 0.5
         for i in range(0, len(order), bs):
             idx = order[i:i + bs]
-            batch = np.where(mirrored[idx, None], rows[True][idx], rows[False][idx])
+            batch = np.where(mirrored[idx, None], rows[flips[-1]][idx], rows[False][idx])
             yield torch.from_numpy(batch.astype(np.float32)), y[idx]
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
