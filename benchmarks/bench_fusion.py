@@ -1,12 +1,13 @@
 """Title + year text model and its late fusion with the poster model: the "Fusion" tables of
 docs/benchmarks.md.
 
-    python benchmarks/bench_fusion.py [DATASET] [--sections variants,forms,test]
+    python benchmarks/bench_fusion.py [DATASET] [--sections variants,forms,joint,test]
 
 variants: text-model settings, each fitted on train and scored on val (deltas against the
 first row). forms: fusion forms on val, each scored out of fold (5-fold cross-fitting within
-val), with the poster model's val scores. test: the final rows on test, every figure beside the
-prior, with bootstrap 95% intervals.
+val), with the poster model's val scores. joint: the poster head trained on train with the
+title model's logits (out of fold on train) as inputs, against the late fusion. test: the
+final rows on test, every figure beside the prior, with bootstrap 95% intervals.
 
 The poster model is the shipped one (`Predictor.load()`); its val and test probabilities are
 cached in POSTERGENRE_CACHE (or a temp folder) as .npy, keyed by the split's poster ids.
@@ -82,35 +83,119 @@ def proxy_probs(train, val) -> np.ndarray:
     0.6, AdamW lr 3e-4, weight decay 0.1, 25 epochs, seed 0; the shipped head's recipe without
     early stopping) on the shipped model's frozen Lite0 368 x 250 features, fitted on train.
     The shipped model was refitted on train + val, so its own val scores are memorised."""
-    import torch
-
-    from postergenre.train.features import FeatureSpec, extract_features
-
     path = cache_dir() / f"proxy-val-{len(val)}-{val.ids.sum()}.npy"
     if path.is_file():
         return np.load(path)
+    probs = head_probs(*frozen_features(train, val), train.labels)
+    np.save(path, probs)
+    return probs
+
+
+def frozen_features(train, val) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped model's frozen Lite0 368 x 250 features, standardised with train's."""
+    from postergenre.train.features import FeatureSpec, extract_features
+
     spec = FeatureSpec(**PROXY_SPEC)
     xtr, xva = (extract_features([str(p) for p in s.paths], spec) for s in (train, val))
     mean, std = xtr.mean(0), xtr.std(0) + 1e-6
-    xtr, xva = ((x - mean) / std for x in (xtr, xva))
+    return (xtr - mean) / std, (xva - mean) / std
+
+
+def head_probs(xtr, ytr, xva, text_tr=None, text_va=None, joint: str | None = None,
+               hidden: int | None = 256) -> np.ndarray:
+    """The proxy's head fitted on (xtr, ytr), val probabilities. With text logits (train: out
+    of fold) `joint` trains it with the title: "input" (the standardised title logits beside
+    the poster features after the input dropout), "output" (per-genre weights w, fused logit =
+    head + w * (title logit - prior), learnt with the head, lr 1e-2). hidden None: linear."""
+    import torch
+    from torch import nn
+
     torch.manual_seed(0)
-    head = torch.nn.Sequential(torch.nn.Dropout(0.6), torch.nn.Linear(xtr.shape[1], 256),
-                               torch.nn.GELU(), torch.nn.Dropout(0.6),
-                               torch.nn.Linear(256, len(train.genres)))
-    opt = torch.optim.AdamW(head.parameters(), lr=3e-4, weight_decay=0.1)
-    x, y = torch.from_numpy(xtr.astype(np.float32)), torch.from_numpy(train.labels)
+    g = ytr.shape[1]
+    d = xtr.shape[1] + (g if joint == "input" else 0)
+    layers = ([nn.Linear(d, hidden), nn.GELU(), nn.Dropout(0.6), nn.Linear(hidden, g)] if hidden
+              else [nn.Linear(d, g)])
+    head, drop = nn.Sequential(*layers), nn.Dropout(0.6)
+    w = nn.Parameter(torch.ones(g))
+    groups = [{"params": head.parameters()}] + ([{"params": [w], "lr": 1e-2}]
+                                                 if joint == "output" else [])
+    opt = torch.optim.AdamW(groups, lr=3e-4, weight_decay=0.1)
+    if text_tr is not None:
+        freq = np.clip(ytr.mean(0), 1e-4, 1 - 1e-4)
+        text_tr, text_va = (t - np.log(freq / (1 - freq)) for t in (text_tr, text_va))
+        if joint == "input":
+            mean, std = text_tr.mean(0), text_tr.std(0) + 1e-6
+            text_tr, text_va = ((t - mean) / std for t in (text_tr, text_va))
+    as_t = lambda a: torch.from_numpy(np.asarray(a, np.float32))  # noqa: E731
+
+    def forward(x, t):
+        x = drop(x)
+        if joint == "input":
+            x = torch.cat([x, t], 1)
+        z = head(x)
+        return z + w * t if joint == "output" else z
+
+    x, y = as_t(xtr), as_t(ytr)
+    t = as_t(text_tr) if text_tr is not None else x[:, :0]
     gen = torch.Generator().manual_seed(0)
     for _ in range(25):
         head.train()
+        drop.train()
         for idx in torch.randperm(len(x), generator=gen).split(256):
             opt.zero_grad()
-            torch.nn.functional.binary_cross_entropy_with_logits(head(x[idx]), y[idx]).backward()
+            loss = nn.functional.binary_cross_entropy_with_logits(forward(x[idx], t[idx]), y[idx])
+            loss.backward()
             opt.step()
     head.eval()
+    drop.eval()
     with torch.inference_mode():
-        probs = torch.sigmoid(head(torch.from_numpy(xva.astype(np.float32)))).numpy()
-    np.save(path, probs)
-    return probs
+        tva = as_t(text_va) if text_va is not None else x[:len(xva), :0]
+        return torch.sigmoid(forward(as_t(xva), tva)).numpy()
+
+
+def text_oof(train, folds: int = 5) -> np.ndarray:
+    """Train-split title logits, each fold scored by a title model fitted on the other folds
+    (cached): what the title model says of titles it did not see, as on val."""
+    path = cache_dir() / f"text-oof-train-{len(train)}-{train.ids.sum()}-{folds}.npy"
+    if path.is_file():
+        return np.load(path)
+    order = np.random.default_rng(0).permutation(len(train))
+    out = np.zeros(train.labels.shape, np.float32)
+    for k in range(folds):
+        held, fit = order[k::folds], np.setdiff1d(order, order[k::folds])
+        model = TitleModel(train.genres, **BASE).fit([train.titles[i] for i in fit],
+                                                     train.labels[fit])
+        out[held] = model.decision_function([train.titles[i] for i in held])
+    np.save(path, out)
+    return out
+
+
+def section_joint(train, val, px, text_val, log: dict) -> None:
+    print("\n### Joint training: the head fitted on train with poster features + title logits "
+          "(val; deltas against the late fusion)\n")
+    print(header("model"))
+    y, g = val.labels, val.genres
+    print(row("prior (train genre frequencies)", val_scores(y, prior_scores(train.labels, len(y)),
+                                                            g)))
+    xtr, xva = frozen_features(train, val)
+    oof = text_oof(train)
+    late = val_scores(y, cross_fit_fusion(px, text_val, y, train.labels, g, "per-genre"), g)
+    rows = [
+        ("poster proxy alone (MLP head)", px, None),
+        ("late fusion: proxy + title + year, per-genre weights (out of fold on val)", None, late),
+        ("joint MLP head, title logits beside the poster features (input)",
+         head_probs(xtr, train.labels, xva, oof, text_val, "input"), None),
+        ("joint MLP head + per-genre title weight learnt with it (output)",
+         head_probs(xtr, train.labels, xva, oof, text_val, "output"), None),
+        ("linear head, poster features alone", head_probs(xtr, train.labels, xva, hidden=None),
+         None),
+        ("joint linear head, title logits beside the poster features",
+         head_probs(xtr, train.labels, xva, oof, text_val, "input", hidden=None), None),
+    ]
+    for name, s, r in rows:
+        r = r or val_scores(y, s, g)
+        print(row(name, r, late), flush=True)
+        log["joint"].append({"name": name, **{c: r[c] for c in COLUMNS}})
 
 
 def row(name: str, r: dict, base: dict | None = None) -> str:
@@ -250,7 +335,7 @@ def build(dataset: str, out: str, train, val, run: str | None, form: str) -> Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset", nargs="?", default="datasets/shared")
-    ap.add_argument("--sections", default="variants,forms,test")
+    ap.add_argument("--sections", default="variants,forms,joint,test")
     ap.add_argument("--run", default=None, help="poster run (default: the shipped model)")
     ap.add_argument("--form", default="per-genre", help="fusion form of the test rows")
     ap.add_argument("--build", default=None, metavar="OUT",
@@ -260,14 +345,17 @@ def main() -> None:
     args = ap.parse_args()
     sections = args.sections.split(",")
     train, val, test = (load_split(args.dataset, s) for s in ("train", "val", "test"))
-    log: dict = {"variants": [], "forms": [], "test": []}
+    log: dict = {"variants": [], "forms": [], "joint": [], "test": []}
     if "variants" in sections:
         section_variants(train, val, log)
     pv = poster_probs(val, args.run) if {"forms", "test"} & set(sections) else None
-    px = proxy_probs(train, val) if {"forms", "test"} & set(sections) else None
+    px = proxy_probs(train, val) if {"forms", "joint", "test"} & set(sections) else None
     if "forms" in sections:
         text = TitleModel(train.genres, **BASE).fit(train.titles, train.labels)
         section_forms(train, val, pv, px, text.decision_function(val.titles), log)
+    if "joint" in sections:
+        text = TitleModel(train.genres, **BASE).fit(train.titles, train.labels)
+        section_joint(train, val, px, text.decision_function(val.titles), log)
     if "test" in sections:
         section_test(args.dataset, train, val, test, pv, px, poster_probs(test, args.run),
                      args.run, args.form, log)
