@@ -59,11 +59,6 @@ def make_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The `features` state dict (torchvision layout) of any supported weights file."""
-    return load_vgg16_features(path)[0]
-
-
 class VGG16(nn.Module):
     def __init__(self, num_genres: int, input_size: tuple[int, int] = INPUT_SIZE,
                  backbone_weights: str | Path | None = None, hidden: int = 1024,
