@@ -86,7 +86,8 @@ def proxy_probs(train, val) -> np.ndarray:
     path = cache_dir() / f"proxy-val-{len(val)}-{val.ids.sum()}.npy"
     if path.is_file():
         return np.load(path)
-    probs = head_probs(*frozen_features(train, val), train.labels)
+    xtr, xva = frozen_features(train, val)
+    probs = head_probs(xtr, train.labels, xva)
     np.save(path, probs)
     return probs
 

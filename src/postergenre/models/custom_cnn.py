@@ -20,6 +20,24 @@ INPUT_SIZE = (200, 150)  # (height, width)
 FILTERS = (16, 32, 64, 64)
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` whose mask is made of random bytes, eight from each 64-bit draw: the same
+    distribution when 256 p is a whole number (the 0.25 and 0.5 here), and several times
+    cheaper on a CPU than `bernoulli_` (which took 12% of a training step). Any other p, or a
+    tensor off the CPU, goes through `nn.Dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cut = self.p * 256
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        if not self.training or x.device.type != "cpu" or cut != int(cut) or not dense:
+            return super().forward(x)
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None)
+        noise = torch.as_strided(words.view(torch.uint8), x.shape, x.stride())  # x's layout
+        scale = (noise >= int(cut)).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x.mul_(scale) if self.inplace else x * scale
+
+
 class CustomCNN(nn.Module):
     def __init__(self, num_genres: int, input_size: tuple[int, int] = INPUT_SIZE,
                  conv_dropout: float = 0.25, dense_dropout: float = 0.5) -> None:
@@ -30,7 +48,7 @@ class CustomCNN(nn.Module):
         for filters in FILTERS:
             # ReLU after the pool: the same function as before it, on a quarter of the values
             layers += [nn.Conv2d(channels, filters, 5), nn.MaxPool2d(2), nn.ReLU(inplace=True),
-                       nn.Dropout(conv_dropout)]
+                       Dropout(conv_dropout)]
             channels, h, w = filters, (h - 4) // 2, (w - 4) // 2
         if h < 1 or w < 1:
             raise ValueError(f"input size {self.input_size} is too small for custom-cnn "
@@ -38,8 +56,8 @@ class CustomCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * h * w, 128), nn.ReLU(inplace=True), nn.Dropout(dense_dropout),
-            nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(dense_dropout),
+            nn.Linear(channels * h * w, 128), nn.ReLU(inplace=True), Dropout(dense_dropout),
+            nn.Linear(128, 64), nn.ReLU(inplace=True), Dropout(dense_dropout),
             nn.Linear(64, num_genres),
         )
         for m in self.modules():
