@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import sys
 from pathlib import Path
 
@@ -191,3 +192,24 @@ def test_int8_is_kept_only_when_quality_holds(tmp_path: Path, monkeypatch: pytes
 
     make_run(run_dir, input_size=SIZE, seed=1)  # retrained: the int8 graph no longer applies
     assert Predictor.load(run_dir, backend="onnx").backend.int8 is False
+
+
+@pytest.mark.slow
+def test_an_int8_rebuild_this_cpu_disagrees_with_is_refused_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU whose int8 kernels give other scores than the checking machine's (AVX2 without
+    VNNI saturates) falls back to fp32, says so once, and does not rebuild at every start."""
+    import postergenre.export as export
+
+    run_dir = make_run(tmp_path / "run", input_size=SIZE)
+    assert quantize_run(load_run(run_dir), make_dataset(tmp_path / "data"), max_drop=1)["accepted"]
+    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "other-cpu"))
+    monkeypatch.setattr(export, "sample_agreement", lambda *a: 0.9)  # far off the record
+    with pytest.warns(UserWarning, match="rebuilt on this CPU is off the checked one by 0.900"):
+        assert checked_int8(load_run(run_dir)) is None
+    builds = []
+    monkeypatch.setattr(export, "quantize_onnx", lambda *a, **k: builds.append(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert Predictor.load(run_dir, backend="onnx").backend.int8 is False
+    assert builds == []  # remembered: not rebuilt

@@ -25,7 +25,7 @@ from torch import nn
 from postergenre.backends import INPUT, OUTPUT, make_session
 from postergenre.data.images import load_poster_batch
 from postergenre.errors import RunError
-from postergenre.io import atomic_write_bytes
+from postergenre.io import atomic_write_bytes, atomic_write_json
 from postergenre.paths import cache_dir
 from postergenre.run import WEIGHTS, Run
 
@@ -207,15 +207,21 @@ def checked_int8(run: Run) -> Path | None:
     if not record.get("accepted") or record.get("run") != fingerprint:
         return None
     path = cache_dir() / "onnx" / f"{run.model_name}-{fingerprint}-int8.onnx"
+    refused = path.with_name(f"{path.stem}-refused.json")  # this CPU's int8 kernels disagreed
     if path.is_file():
         return path
+    if refused.is_file():
+        return None
     fp32 = cached_onnx(run)
     x = calibration_posters(run.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         candidate = quantize_onnx(fp32, Path(tmp) / "int8.onnx", x)
         allowed = 2 * record.get("sample_max_diff", 0.0) + 1e-3
-        if sample_agreement(fp32, candidate, x) > allowed:
-            warnings.warn("the rebuilt int8 graph differs from the checked one; using fp32",
+        diff = sample_agreement(fp32, candidate, x)
+        if diff > allowed:  # remembered, so the next start neither rebuilds nor warns again
+            atomic_write_json(refused, {"sample_max_diff": diff, "allowed": allowed})
+            warnings.warn(f"the int8 graph rebuilt on this CPU is off the checked one by "
+                          f"{diff:.3f} (allowed {allowed:.3f}); using fp32 ({refused})",
                           stacklevel=2)
             return None
         atomic_write_bytes(path, candidate.read_bytes())

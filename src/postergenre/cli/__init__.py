@@ -48,7 +48,14 @@ def _root(
     """Build, evaluate and serve multi-label movie-genre classifiers from poster images."""
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _one_line_warning  # the library's warnings, without source lines
     try:
         app()
     except PosterGenreError as e:
