@@ -59,11 +59,20 @@ def cache_dir() -> Path:
     return path
 
 
+def poster_precision(run: str | None) -> str:
+    """'int8' where the onnx backend runs the run's checked int8 graph on this CPU, else
+    'fp32' (no check, or this CPU's int8 kernels disagree with it)."""
+    from postergenre.predict import Predictor
+
+    return "int8" if getattr(Predictor.load(run).backend, "int8", False) else "fp32"
+
+
 def poster_probs(split, run: str | None) -> np.ndarray:
-    """The poster model's probabilities for a split (cached)."""
+    """The poster model's probabilities for a split (cached, per precision)."""
     from postergenre.predict import Predictor, predict_stream
 
-    key = f"{Path(run).name if run else 'default'}-{split.name}-{len(split)}-{split.ids.sum()}"
+    key = (f"{Path(run).name if run else 'default'}-{poster_precision(run)}-{split.name}-"
+           f"{len(split)}-{split.ids.sum()}")
     path = cache_dir() / f"poster-{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -275,7 +284,7 @@ def section_test(dataset, train, val, test, pv, px, pt, run, form, log: dict) ->
                                                   text_only.predict_proba(val.titles)),
         "title + year (fitted on train)": (text.predict_proba(test.titles),
                                            text.predict_proba(val.titles)),
-        "poster only (the shipped model, int8)": (pt, pv),
+        f"poster only (the shipped model, {poster_precision(run)})": (pt, pv),
         "poster only, thresholds tuned on the proxy's val scores": (pt, px),
         f"poster + title + year, {form} fusion (text fitted on train)":
             (fusion(pt, text.decision_function(test.titles)), fused_val),
