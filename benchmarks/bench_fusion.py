@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ def cache_dir() -> Path:
     return path
 
 
+@cache
 def poster_precision(run: str | None) -> str:
     """'int8' where the onnx backend runs the run's checked int8 graph on this CPU, else
     'fp32' (no check, or this CPU's int8 kernels disagree with it)."""

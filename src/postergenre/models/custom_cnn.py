@@ -23,19 +23,20 @@ FILTERS = (16, 32, 64, 64)
 class Dropout(nn.Dropout):
     """`nn.Dropout` whose mask is made of random bytes, eight from each 64-bit draw: the same
     distribution when 256 p is a whole number (the 0.25 and 0.5 here), and several times
-    cheaper on a CPU than `bernoulli_` (which took 12% of a training step). Any other p, or a
-    tensor off the CPU, goes through `nn.Dropout`."""
+    cheaper on a CPU than `bernoulli_` (benchmarks/bench_step.py). Any other p, a tensor off
+    the CPU or `inplace` goes through `nn.Dropout`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cut = self.p * 256
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-        if not self.training or x.device.type != "cpu" or cut != int(cut) or not dense:
+        if not self.training or self.inplace or x.device.type != "cpu" or cut != int(cut) \
+                or not dense:
             return super().forward(x)
         n = x.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None)
         noise = torch.as_strided(words.view(torch.uint8), x.shape, x.stride())  # x's layout
         scale = (noise >= int(cut)).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x.mul_(scale) if self.inplace else x * scale
+        return x * scale
 
 
 class CustomCNN(nn.Module):
