@@ -182,12 +182,11 @@ def title_contributions(run: Run, title: str | None, genres: Sequence[str]
     value, times the fusion's weight of the title: how far the word moved the fused logit;
     positive pushes the genre up), largest magnitude first. None for a run without a title
     model or without a title."""
-    if not title or not title.strip() or not run.config.get("text"):
+    side = run.title_side  # read once per run
+    if not title or not title.strip() or side is None:
         return None
-    from postergenre.predict import load_text_side
-
-    model, fusion, _ = load_text_side(run)
-    tokens, parts = model.contributions(title)
+    fusion = side.fusion
+    tokens, parts = side.model.contributions(title)
     out = {}
     for g in genres:
         j = run.genres.index(g)

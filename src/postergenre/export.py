@@ -27,11 +27,10 @@ from postergenre.data.images import load_poster_batch
 from postergenre.errors import RunError
 from postergenre.io import atomic_write_bytes, atomic_write_json
 from postergenre.paths import cache_dir
-from postergenre.run import WEIGHTS, Run
+from postergenre.run import INT8_CARD, WEIGHTS, Run
 
 OPSET = 17  # the default; the exporter accepts MIN_OPSET..MAX_OPSET
 MIN_OPSET, MAX_OPSET = 9, 20
-INT8_CARD = "int8.json"  # the record of an accepted int8 check, inside the run
 MAX_AP_DROP = 0.005  # the most held-out macro AP an int8 graph may lose
 INT8_SPLITS = ("val", "test")  # where the check may score: posters the run did not train on
 
@@ -158,8 +157,8 @@ def run_fingerprint(run: Run) -> str:
     file = run.path / WEIGHTS
     if not file.is_file():
         raise RunError(f"{file}: file is missing")
-    digest = hashlib.sha256(json.dumps({k: run.config.get(k) for k in GRAPH_KEYS},
-                                       sort_keys=True).encode())
+    graph = {k: v for k, v in run.config.to_json().items() if k in GRAPH_KEYS}
+    digest = hashlib.sha256(json.dumps(graph, sort_keys=True).encode())
     with file.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)

@@ -9,7 +9,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _UMASK = os.umask(0o022)  # read the process umask once (mkstemp files are 0600 otherwise)
 os.umask(_UMASK)
@@ -61,3 +65,46 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise PosterGenreError(f"{path}: output folder is not writable ({e.strerror})") from None
     return path
+
+
+# --- safetensors weights (torch and safetensors are imported only when these are called) ----
+
+
+def load_weights(model: nn.Module, path: Path, partial: bool = False) -> None:
+    """Load a safetensors file into `model` (in place); `partial` allows missing tensors (a
+    run that stores only its trained ones). Every failure is a one-line RunError naming it."""
+    from safetensors.torch import load_file
+
+    from postergenre.errors import RunError
+
+    if not path.is_file():
+        raise RunError(f"{path}: weights file is missing")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise RunError(f"{path}: not a readable safetensors file ({e})") from None
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise RunError(f"{path}: weights do not fit the model in config.json ({wrong[0]} is "
+                       f"{tuple(state[wrong[0]].shape)}, the model needs "
+                       f"{tuple(expected[wrong[0]].shape)})")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (missing and not partial):
+        bad = (unexpected or missing)[:3]
+        raise RunError(f"{path}: weights do not match the model (e.g. {', '.join(bad)})")
+
+
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path,
+                 keys: list[str] | None = None, dtype: torch.dtype | None = None) -> None:
+    """Save (a subset of) a state dict as safetensors, atomically; `dtype` (torch.float16 for
+    the shipped model) converts floating-point tensors, and loading converts them back."""
+    from safetensors.torch import save
+
+    state = model if isinstance(model, dict) else model.state_dict()
+    if keys is not None:
+        state = {k: state[k] for k in keys}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    atomic_write_bytes(path, save(state))

@@ -8,7 +8,6 @@ table / JSON-lines / CSV output formats.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import deque
@@ -16,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -30,7 +30,7 @@ from postergenre.data.images import (
     load_poster_batch,
 )
 from postergenre.errors import InvalidImageError, PosterGenreError
-from postergenre.run import Run, load_run
+from postergenre.run import Run, TitleSide, load_run
 
 
 def make_backend(run: Run, backend: str = "auto", device: str = "cpu"):
@@ -49,10 +49,14 @@ def make_backend(run: Run, backend: str = "auto", device: str = "cpu"):
 
 
 class Predictor:
-    """A loaded model: genres, tuned thresholds, and probabilities for posters."""
+    """A loaded model: genres, tuned thresholds, and probabilities for posters.
+
+    `titles=False` leaves out the run's title side (posters only); `threshold` replaces every
+    tuned threshold (poster and fused) by one number."""
 
     def __init__(self, run: Run, backend: str = "auto", device: str = "cpu",
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, titles: bool = True,
+                 threshold: float | None = None) -> None:
         self.run = run
         self.genres: list[str] = run.genres
         self.thresholds = np.array([run.thresholds.get(g, 0.5) for g in self.genres],
@@ -60,10 +64,17 @@ class Predictor:
         self.input_size: tuple[int, int] = run.input_size
         self.batch_size = batch_size
         self.backend = make_backend(run, backend, device)
-        self.text = load_text_side(run)  # None unless the run has a title model (RUN/text/)
+        # None unless the run has a title model (RUN/text/) and titles are wanted
+        self.title_side: TitleSide | None = run.title_side if titles else None
+        self.fused_thresholds: np.ndarray | None = (
+            None if self.title_side is None else self.title_side.thresholds.copy())
+        if threshold is not None:
+            self.thresholds[:] = threshold
+            if self.fused_thresholds is not None:
+                self.fused_thresholds[:] = threshold
 
     @classmethod
-    def load(cls, run: str | Path | None = None, **kwargs) -> Predictor:
+    def load(cls, run: str | Path | None = None, **kwargs: Any) -> Predictor:
         """Load a run directory; None loads the model shipped with the package."""
         return cls(load_run(run), **kwargs)
 
@@ -92,13 +103,13 @@ class Predictor:
         when the run has no title model, are returned unchanged."""
         if len(titles) != len(probabilities):
             raise PosterGenreError(f"{len(titles)} titles for {len(probabilities)} posters")
-        used = np.array([self.text is not None and bool(t and t.strip()) for t in titles], bool)
+        side = self.title_side
+        used = np.array([side is not None and bool(t and t.strip()) for t in titles], bool)
         out = np.array(probabilities, copy=True)
-        if used.any():
-            model, fusion, _ = self.text
+        if side is not None and used.any():
             rows = np.flatnonzero(used)
-            text_logits = model.decision_function([titles[i] for i in rows])
-            out[rows] = fusion(out[rows], text_logits)
+            text_logits = side.model.decision_function([titles[i] or "" for i in rows])
+            out[rows] = side.fusion(out[rows], text_logits)
         return out, used
 
     def top_k(self, probabilities: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
@@ -116,27 +127,11 @@ class Predictor:
         result = []
         for i, p in enumerate(probabilities):
             thr = self.thresholds
-            if fused is not None and fused[i] and self.text is not None:
-                thr = self.text[2]
+            if fused is not None and fused[i] and self.fused_thresholds is not None:
+                thr = self.fused_thresholds
             hits = [(self.genres[j], float(p[j])) for j in np.flatnonzero(p >= thr)]
             result.append(sorted(hits, key=lambda t: -t[1]))
         return result
-
-
-def load_text_side(run: Run):
-    """(TitleModel, Fusion, fused thresholds) of a run with a title model, else None."""
-    meta = run.config.get("text")
-    if not meta:
-        return None
-    from postergenre.models.text import Fusion, TitleModel
-
-    folder = run.path / meta.get("folder", "text")
-    model, fusion = TitleModel.load(folder), Fusion.load(folder)
-    if model.genres != run.genres or fusion.genres != run.genres:
-        raise PosterGenreError(f"{folder}: the title model's genres differ from the run's")
-    path = folder / "thresholds.json"
-    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return model, fusion, np.array([saved.get(g, 0.5) for g in run.genres], np.float32)
 
 
 # --- inputs: files, folders, URLs ----------------------------------------------------------
@@ -381,10 +376,11 @@ def format_table_row(name: str, top: list[tuple[str, float]], width: int = 0) ->
 
 def json_record(source: str, title: str | None, top: list[tuple[str, float]],
                 probabilities: np.ndarray, genres: Sequence[str],
-                signals: Sequence[str] | None = None) -> str:
-    """One JSON object per line: path, title (null when unknown), top genres, every score;
-    `signals` (["poster"] or ["poster", "title"]) when titles were asked for."""
-    record = {
+                signals: Sequence[str] | None = None) -> dict[str, Any]:
+    """The one JSON record of a prediction (a line of `predict --format json`, the body of
+    serve's /predict): path, title (null when unknown), top genres, every score; `signals`
+    (["poster"] or ["poster", "title"]) when titles were asked for."""
+    record: dict[str, Any] = {
         "path": source,
         "title": title,
         "top": [[g, round(p, 4)] for g, p in top],
@@ -392,7 +388,7 @@ def json_record(source: str, title: str | None, top: list[tuple[str, float]],
     }
     if signals is not None:
         record["signals"] = list(signals)
-    return json.dumps(record, ensure_ascii=False)
+    return record
 
 
 def csv_header(genres: Sequence[str]) -> list[str]:

@@ -101,10 +101,10 @@ def evaluate_run(
     results = compare_with_prior(y, scores, genres, train_y, thresholds, n_boot=n_boot)
     results = {"run": str(r.path), "dataset": str(dataset), "split": split,
                "thresholds_from": source, **results}
-    if predictor.text is not None and titles:  # the run has a title model: fused scores too
+    if predictor.fused_thresholds is not None and titles:  # a title model: fused scores too
         fused, used = predictor.fuse(scores, list(test.titles))
-        results["fused"] = compare_with_prior(y, fused, genres, train_y, predictor.text[2],
-                                              n_boot=n_boot)["model"]
+        results["fused"] = compare_with_prior(y, fused, genres, train_y,
+                                              predictor.fused_thresholds, n_boot=n_boot)["model"]
         results["fused"]["posters_with_title"] = int(used.sum())
     atomic_write_json(out_dir / "metrics.json", results)
     if report:
@@ -115,6 +115,6 @@ def evaluate_run(
             heatmaps = make_gallery(Explainer(r), y, scores, test.paths, shown, n=gallery)
         write_report(out_dir / "report.html", results, y, scores, genres, thresholds,
                      test.paths, test.titles,
-                     title=f"{r.config.get('model', 'model')} on {dataset.name}/{split}",
+                     title=f"{r.model_name} on {dataset.name}/{split}",
                      gallery=heatmaps)
     return results

@@ -73,8 +73,9 @@ def _export_int8(run, out: Path, dataset: Path, split: str, max_drop: float) -> 
 
     from postergenre.data.dataset import load_split
     from postergenre.evaluate.int8 import quantize_run
-    from postergenre.export import INT8_CARD, INT8_SPLITS
+    from postergenre.export import INT8_SPLITS
     from postergenre.io import atomic_write_bytes
+    from postergenre.run import INT8_CARD
 
     if split not in INT8_SPLITS:
         raise typer.BadParameter(f"{split!r}: use {' or '.join(INT8_SPLITS)}",

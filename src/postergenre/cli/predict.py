@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -87,11 +88,7 @@ def predict(
     if title is not None and len(sources) != 1:
         raise typer.BadParameter(f"gives the title of one poster, not {len(sources)}",
                                  param_hint="--title")
-    predictor = Predictor.load(model, backend=backend, batch_size=batch_size)
-    if fixed is not None:
-        predictor.thresholds[:] = fixed
-        if predictor.text is not None:
-            predictor.text[2][:] = fixed
+    predictor = Predictor.load(model, backend=backend, batch_size=batch_size, threshold=fixed)
     titles = load_titles(labels, predictor.run)
     fuse_titles: dict[str, str] | None = None  # source -> the title fused with its poster
     if title is not None:
@@ -103,7 +100,7 @@ def predict(
         fuse_titles = {s: t for s in sources if (t := title_of(s, table))}
     if fuse_titles is not None:
         titles.update({i: t for s, t in fuse_titles.items() if (i := imdb_id(s)) is not None})
-        if predictor.text is None:
+        if predictor.title_side is None:
             print("warning: the model has no title model: posters only", file=sys.stderr)
     names = {s: (fuse_titles or {}).get(s) or title_of(s, titles) or file_name(s)
              for s in sources}
@@ -128,7 +125,8 @@ def predict(
             if output_format == "table":
                 print(format_table_row(names[p.source], top, width))
             elif output_format == "json":
-                print(json_record(p.source, title, top, probs[0], predictor.genres, signals))
+                record = json_record(p.source, title, top, probs[0], predictor.genres, signals)
+                print(json.dumps(record, ensure_ascii=False))
             else:
                 writer.writerow(csv_row(p.source, title, top, probs[0]))
             sys.stdout.flush()

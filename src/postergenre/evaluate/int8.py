@@ -20,7 +20,6 @@ from postergenre.data.images import load_poster_batch
 from postergenre.errors import DatasetError
 from postergenre.evaluate.metrics import MIN_POSITIVES, macro_ap
 from postergenre.export import (
-    INT8_CARD,
     INT8_SPLITS,
     MAX_AP_DROP,
     cached_onnx,
@@ -31,7 +30,7 @@ from postergenre.export import (
 )
 from postergenre.io import atomic_write_bytes, atomic_write_json
 from postergenre.paths import cache_dir
-from postergenre.run import Run
+from postergenre.run import INT8_CARD, Run
 
 
 def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_DROP,

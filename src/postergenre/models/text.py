@@ -10,8 +10,9 @@ Features (no vocabulary to store: every n-gram is hashed):
   `year_weight`
 
 `fit(titles, y)` / `decision_function(titles)` -> (n, G) logits / `predict_proba(titles)`, as in
-scikit-learn. `save(dir)` writes `text.json` (settings and genres) and `text.safetensors`
-(float16 coefficients, float32 intercepts and idf); no pickles.
+scikit-learn. `save(settings_path, weights_path)` writes its settings and genres (JSON) and
+its float16 coefficients, float32 intercepts and idf (safetensors); no pickles. The file names
+inside a run are run.py's (RUN/text/).
 """
 
 from __future__ import annotations
@@ -27,10 +28,8 @@ import scipy.sparse as sp
 
 from postergenre.data.titles import fold_title, parse_title
 from postergenre.errors import RunError
-from postergenre.io import atomic_write_json
+from postergenre.io import atomic_write_json, save_weights
 
-CONFIG = "text.json"
-WEIGHTS = "text.safetensors"
 YEAR_ENCODINGS = ("none", "decade", "decade+5y")
 FIRST_DECADE, LAST_DECADE = 1920, 2020  # decades outside fall in the end buckets
 
@@ -196,28 +195,25 @@ class TitleModel:
 
     # --- files ----------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, settings_path: str | Path, weights_path: str | Path) -> None:
+        """Write the settings (JSON) and the weights (safetensors), each atomically."""
         import torch
 
-        from postergenre.run import save_weights
-
-        if self.coef is None:
+        if self.coef is None or self.intercept is None or self.idf is None:
             raise RuntimeError("TitleModel is not fitted")
-        folder = Path(folder)
         save_weights({"coef": torch.from_numpy(self.coef).half(),
                       "intercept": torch.from_numpy(self.intercept),
-                      "idf": torch.from_numpy(self.idf)}, folder / WEIGHTS)
-        atomic_write_json(folder / CONFIG, self.settings())
-        return folder
+                      "idf": torch.from_numpy(self.idf)}, Path(weights_path))
+        atomic_write_json(settings_path, self.settings())
 
     @classmethod
-    def load(cls, folder: str | Path) -> TitleModel:
+    def load(cls, settings_path: str | Path, weights_path: str | Path) -> TitleModel:
         from safetensors.numpy import load_file
 
-        folder = Path(folder)
+        folder = Path(settings_path).parent
         try:
-            settings = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-            tensors = load_file(str(folder / WEIGHTS))
+            settings = json.loads(Path(settings_path).read_text(encoding="utf-8"))
+            tensors = load_file(str(weights_path))
             model = cls(**settings)
             model.coef = tensors["coef"].astype(np.float32)
             model.intercept = tensors["intercept"].astype(np.float32)
@@ -269,7 +265,6 @@ def _fit_logistic(x: sp.csr_matrix, y: np.ndarray, l2: float, b0: np.ndarray,
 
 # --- fusion -------------------------------------------------------------------------------
 
-FUSION = "fusion.json"
 FUSION_FORMS = ("global", "per-genre", "stack")
 
 
@@ -318,12 +313,12 @@ class Fusion:
         return cls(obj["genres"], obj["form"], obj["poster_weight"], obj["text_weight"],
                    obj["bias"], obj["prior"])
 
-    def save(self, folder: str | Path) -> None:
-        atomic_write_json(Path(folder) / FUSION, self.to_json())
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, folder: str | Path) -> Fusion:
-        path = Path(folder) / FUSION
+    def load(cls, path: str | Path) -> Fusion:
+        path = Path(path)
         try:
             fusion = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:

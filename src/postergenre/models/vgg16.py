@@ -114,12 +114,6 @@ class VGG16(nn.Module):
                 return name
         return "custom"
 
-    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
-        # Runs saved before the normalisation was stored used torchvision's: keep it.
-        for name in ("norm_order", "norm_mean", "norm_std"):
-            state.setdefault(prefix + name, getattr(self, name).clone())
-        super()._load_from_state_dict(state, prefix, *args, **kwargs)
-
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.index_select(1, self.norm_order) - self.norm_mean) / self.norm_std
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -132,11 +131,10 @@ def _multipart(field: str, many: bool) -> dict[str, Any]:
 
 def result_object(name: str, probabilities: np.ndarray, predictor: Predictor,
                   title: str | None = None, fused: bool = False) -> dict[str, Any]:
-    """The predict command's JSON object for one uploaded poster (its formatter, reused)."""
+    """The predict command's JSON record for one uploaded poster (`predict.json_record`)."""
     top = predictor.top_k(probabilities[None])[0]
     signals = ["poster", "title"] if fused else ["poster"]
-    return json.loads(json_record(name, title or None, top, probabilities, predictor.genres,
-                                  signals))
+    return json_record(name, title or None, top, probabilities, predictor.genres, signals)
 
 
 # -- limits --------------------------------------------------------------------------------------

@@ -24,21 +24,21 @@ import torch
 from torch import nn
 
 from postergenre.evaluate.metrics import macro_ap, top_k_hit, tune_thresholds
-from postergenre.io import atomic_open, atomic_write_json
+from postergenre.io import atomic_open, atomic_write_json, load_weights, save_weights
 from postergenre.progress import SILENT, Progress
 from postergenre.run import (
+    CHECKPOINT,
+    CHECKPOINT_LATEST,
+    CHECKPOINT_MODEL,
+    CHECKPOINT_TRAINER,
     WEIGHTS,
     append_history,
-    load_weights,
     save_thresholds,
-    save_weights,
     write_history,
 )
 from postergenre.train import distributed
 from postergenre.train.losses import make_loss, positive_weights
 from postergenre.train.recipes import TrainConfig, make_optimizer, make_schedule
-
-CHECKPOINT = "checkpoint"
 
 
 @dataclass
@@ -93,10 +93,10 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     """Write RUN/checkpoint/epoch-N/ then point latest.json at it (atomic), then drop older."""
     root = run_dir / CHECKPOINT
     folder = root / f"epoch-{state['epoch']}"
-    save_weights(model, folder / "model.safetensors")
-    with atomic_open(folder / "trainer.pt", "wb") as f:
+    save_weights(model, folder / CHECKPOINT_MODEL)
+    with atomic_open(folder / CHECKPOINT_TRAINER, "wb") as f:
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, f)
-    atomic_write_json(root / "latest.json", {**state, "dir": folder.name})
+    atomic_write_json(root / CHECKPOINT_LATEST, {**state, "dir": folder.name})
     for old in root.glob("epoch-*"):
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)
@@ -105,13 +105,13 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
 def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     schedule: Any) -> dict[str, Any] | None:
     """Restore the last checkpoint's tensors in place and return its state (None if none)."""
-    latest = run_dir / CHECKPOINT / "latest.json"
+    latest = run_dir / CHECKPOINT / CHECKPOINT_LATEST
     if not latest.is_file():
         return None
     state = json.loads(latest.read_text(encoding="utf-8"))
     folder = latest.parent / state["dir"]
-    load_weights(model, folder / "model.safetensors")
-    trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+    load_weights(model, folder / CHECKPOINT_MODEL)
+    trainer = torch.load(folder / CHECKPOINT_TRAINER, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     schedule.load_state_dict(trainer["schedule"])
     return state

@@ -18,10 +18,10 @@ import torch
 
 from postergenre.data.dataset import load_split
 from postergenre.errors import PosterGenreError, RunError
-from postergenre.io import ensure_writable_dir
+from postergenre.io import ensure_writable_dir, load_weights
 from postergenre.models import create_model, model_info
 from postergenre.progress import SILENT, Progress
-from postergenre.run import WEIGHTS, holds_run, load_run, load_weights, write_config
+from postergenre.run import TENSORBOARD, WEIGHTS, RunConfig, holds_run, load_run, write_config
 from postergenre.train import distributed
 from postergenre.train.engine import run_epochs
 from postergenre.train.recipes import TrainConfig
@@ -70,7 +70,7 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
                                    "run trained in features mode")
         if start.genres != genres:
             raise PosterGenreError(f"{config.init}: its genres differ from {dataset}'s")
-        kwargs = dict(start.config["model_kwargs"], trainable_blocks=config.trainable_blocks)
+        kwargs = dict(start.config.model_kwargs, trainable_blocks=config.trainable_blocks)
         if kwargs.get("pool") != "multi" or kwargs.get("flip_average"):
             raise PosterGenreError(f"{config.init}: start from a features run with 'multi' "
                                    "pooling and no flip averaging")
@@ -138,9 +138,10 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
             ensure_writable_dir(out)
             partial = config.mode != "end-to-end" and len(model.trained_keys()) < len(
                 model.state_dict())  # vgg16's finetune run stores every tensor
-            write_config(out, model=config.model, model_kwargs=kwargs, genres=train.genres,
-                         input_size=tuple(model.input_size), dataset=dataset,
-                         train=config.to_dict(), partial_weights=partial)
+            write_config(out, RunConfig(
+                model=config.model, model_kwargs=kwargs, genres=tuple(train.genres),
+                input_size=(int(model.input_size[0]), int(model.input_size[1])),
+                dataset=str(dataset), partial_weights=partial, train=config.to_dict()))
         distributed.barrier()
         options = {"progress": progress}
         if config.mode == "end-to-end":
@@ -169,5 +170,5 @@ def _tensorboard(out: Path):
     except ImportError:
         raise PosterGenreError("--tensorboard needs TensorBoard: pip install "
                                "'postergenre[tensorboard]'") from None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(str(out / TENSORBOARD))
 

@@ -1,12 +1,7 @@
-"""Fit the title model and its fusion with a run's poster model, and store them in the run.
-
-    RUN/text/
-      text.json, text.safetensors   the TitleModel (models/text.py)
-      fusion.json                   the Fusion weights (fitted on val)
-      thresholds.json               per-genre thresholds for the fused scores (tuned on val)
-
-and `config.json["text"]` says what was fitted on what. The poster model's own files are
-untouched: without a title the run predicts exactly as before.
+"""Fit the title model and its fusion with a run's poster model, and store them in the run
+as its `TitleSide` (run.py owns RUN/text/ and config.json's "text", a `TextSettings` that
+says what was fitted on what). The poster model's own files are untouched: without a title
+the run predicts exactly as before.
 
 The text model learns from the titles of the dataset's training split(s) only: the same movies
 as the poster model, never another row of a labels file.
@@ -21,13 +16,10 @@ from typing import Any
 import numpy as np
 
 from postergenre.data.dataset import load_split
-from postergenre.errors import RunError
 from postergenre.evaluate.metrics import tune_thresholds
-from postergenre.io import atomic_write_json
 from postergenre.models.text import FUSION_FORMS, Fusion, TitleModel, logit
+from postergenre.run import TextSettings, TitleSide, save_title_side
 
-TEXT_DIR = "text"
-THRESHOLDS = "thresholds.json"
 GRID = np.round(np.arange(0.0, 3.0001, 0.05), 2)
 MIN_VAL_POSITIVES = 10  # fewer: the genre takes the global weight
 
@@ -96,24 +88,13 @@ def cross_fit_fusion(poster_probs: np.ndarray, text_logits: np.ndarray, labels: 
 
 def save_text(run_dir: str | Path, model: TitleModel, fusion: Fusion, thresholds: np.ndarray,
               meta: dict[str, Any]) -> Path:
-    """Write RUN/text/ and record `meta` under config.json["text"]."""
-    from postergenre.run import load_run, write_config
-
-    run = load_run(run_dir)
-    if list(model.genres) != run.genres or list(fusion.genres) != run.genres:
-        raise RunError(f"{run_dir}: the text model's genres differ from the run's")
-    folder = Path(run_dir) / TEXT_DIR
-    model.save(folder)
-    fusion.save(folder)
-    atomic_write_json(folder / THRESHOLDS,
-                      {g: float(t) for g, t in zip(run.genres, thresholds, strict=True)})
-    text = {"folder": TEXT_DIR, **model.settings(), "fusion": fusion.form, **meta}
-    text.pop("genres", None)
-    c = run.config
-    write_config(Path(run_dir), model=c["model"], model_kwargs=c["model_kwargs"],
-                 genres=c["genres"], input_size=c["input_size"], dataset=c["dataset"],
-                 train=c["train"], partial_weights=c["partial_weights"], text=text)
-    return folder
+    """Write RUN/text/ and record it in config.json's "text"; `meta` holds what was fitted
+    on what (`TextSettings`' text_fitted_on, fusion_fitted_on, dataset). Returns RUN/text."""
+    settings = {k: v for k, v in model.settings().items() if k != "genres"}
+    text = TextSettings(fusion=fusion.form, title_model=settings,
+                        **{k: tuple(v) if k == "text_fitted_on" else v for k, v in meta.items()})
+    side = TitleSide(model, fusion, np.asarray(thresholds, np.float32))
+    return save_title_side(run_dir, side, text)
 
 
 def fit_and_save(run_dir: str | Path, dataset: str | Path, poster_val_probs: np.ndarray,
