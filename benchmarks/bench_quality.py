@@ -318,7 +318,7 @@ def run_probs(data: Data, path: str | None, split: str = "test") -> np.ndarray:
 
     run = load_run(path)
     model = run.build_model()
-    kwargs = run.config["model_kwargs"]
+    kwargs = run.config.model_kwargs
     blocks = kwargs.get("trainable_blocks", 0)
     if blocks > 0:  # the fine-tuned tail runs on the cached trunk
         cut = model.cut_for(blocks)

@@ -54,8 +54,9 @@ def load_posters(folder: Path, n: int = 64) -> list[bytes]:
 
 def stand_in_run(folder: Path) -> Path:
     """A custom-cnn run with random weights and the data set's 28 genres."""
+    from postergenre.io import save_weights
     from postergenre.models import create_model
-    from postergenre.run import save_weights, write_config
+    from postergenre.run import RunConfig, write_config
 
     genres = ["Action", "Adult", "Adventure", "Animation", "Biography", "Comedy", "Crime",
               "Documentary", "Drama", "Family", "Fantasy", "Film-Noir", "Game-Show", "History",
@@ -63,8 +64,8 @@ def stand_in_run(folder: Path) -> Path:
               "Sci-Fi", "Short", "Sport", "Talk-Show", "Thriller", "War", "Western"]
     model = create_model("custom-cnn", len(genres))
     save_weights(model, folder / "weights.safetensors")
-    write_config(folder, model="custom-cnn", model_kwargs={}, genres=genres,
-                 input_size=model.input_size, dataset=None, train={})
+    write_config(folder, RunConfig(model="custom-cnn", model_kwargs={}, genres=tuple(genres),
+                                   input_size=tuple(model.input_size)))
     return folder
 
 

@@ -52,16 +52,18 @@ def random_run(model: str, directory: Path, **kwargs) -> Path:
     Seeded, so that its ONNX graph is exported into the cache once, not at every run."""
     import torch
 
+    from postergenre.io import save_weights
     from postergenre.models import create_model
-    from postergenre.run import save_weights, write_config
+    from postergenre.run import RunConfig, write_config
 
     torch.manual_seed(0)
     net = create_model(model, 28, **kwargs)
     keys = net.trained_keys() if hasattr(net, "trained_keys") else None
     save_weights(net, directory / "weights.safetensors", keys)
-    write_config(directory, model=model, model_kwargs=kwargs,
-                 genres=[f"genre{i}" for i in range(28)], input_size=net.input_size,
-                 dataset=None, train={}, partial_weights=bool(keys))
+    write_config(directory, RunConfig(model=model, model_kwargs=kwargs,
+                                      genres=tuple(f"genre{i}" for i in range(28)),
+                                      input_size=tuple(net.input_size),
+                                      partial_weights=bool(keys)))
     return directory
 
 
@@ -155,7 +157,7 @@ def has_title_model(run: str | None) -> bool:
     from postergenre.run import load_run
 
     try:
-        return bool(load_run(run).config.get("text"))
+        return load_run(run).config.text is not None
     except RunError:
         return False
 

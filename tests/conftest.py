@@ -62,14 +62,15 @@ def make_tiny_run(path: Path, genres: list[str], size: tuple[int, int] = (80, 80
     """A custom-cnn run folder with random weights on small inputs (fast to load and run)."""
     import torch
 
+    from postergenre.io import save_weights
     from postergenre.models import create_model
-    from postergenre.run import save_thresholds, save_weights, write_config
+    from postergenre.run import RunConfig, save_thresholds, write_config
 
     torch.manual_seed(seed)
     model = create_model("custom-cnn", len(genres), input_size=size)
     save_weights(model, path / "weights.safetensors")
-    write_config(path, model="custom-cnn", model_kwargs={"input_size": list(size)},
-                 genres=list(genres), input_size=size, dataset=None, train={})
+    write_config(path, RunConfig(model="custom-cnn", model_kwargs={"input_size": list(size)},
+                                 genres=tuple(genres), input_size=size))
     save_thresholds(path, {g: 0.5 for g in genres})
     return path
 

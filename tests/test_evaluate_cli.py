@@ -16,9 +16,10 @@ from postergenre.cli import app
 from postergenre.data.dataset import load_split, write_genres, write_split
 from postergenre.errors import PosterGenreError
 from postergenre.evaluate.metrics import average_precision, top_k_hit, tune_thresholds
+from postergenre.io import save_weights
 from postergenre.models import create_model
 from postergenre.predict import Predictor
-from postergenre.run import save_weights, write_config
+from postergenre.run import RunConfig, write_config
 
 GENRES = ["Comedy", "Drama", "Horror"]
 SIZE = (80, 80)
@@ -55,8 +56,8 @@ def run_dir(tmp_path_factory, dataset) -> Path:
     run = tmp_path_factory.mktemp("run")
     save_weights(create_model("custom-cnn", len(GENRES), input_size=SIZE),
                  run / "weights.safetensors")
-    write_config(run, model="custom-cnn", model_kwargs={"input_size": list(SIZE)},
-                 genres=GENRES, input_size=SIZE, dataset=dataset, train={})
+    write_config(run, RunConfig(model="custom-cnn", model_kwargs={"input_size": list(SIZE)},
+                                genres=tuple(GENRES), input_size=SIZE, dataset=str(dataset)))
     return run
 
 

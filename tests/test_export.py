@@ -16,9 +16,10 @@ from postergenre.backends import OnnxBackend, TorchBackend, make_session, onnx_a
 from postergenre.errors import RunError
 from postergenre.evaluate.int8 import quantize_run
 from postergenre.export import checked_int8, export_onnx
+from postergenre.io import save_weights
 from postergenre.models import create_model
 from postergenre.predict import Predictor, make_backend
-from postergenre.run import load_run, save_weights, write_config
+from postergenre.run import RunConfig, load_run, write_config
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 SIZE = (80, 76)  # the smallest input custom-cnn takes, to keep tests fast
@@ -33,8 +34,8 @@ def make_run(path: Path, model: str = "custom-cnn", seed: int = 0, **kwargs) -> 
     net = create_model(model, len(GENRES), **kwargs)
     partial = hasattr(net, "trained_keys")
     save_weights(net, path / "weights.safetensors", net.trained_keys() if partial else None)
-    write_config(path, model=model, model_kwargs=kwargs, genres=GENRES,
-                 input_size=net.input_size, dataset=None, train={}, partial_weights=partial)
+    write_config(path, RunConfig(model=model, model_kwargs=kwargs, genres=tuple(GENRES),
+                                 input_size=tuple(net.input_size), partial_weights=partial))
     return path
 
 

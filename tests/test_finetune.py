@@ -48,7 +48,7 @@ def test_finetuned_run_changes_only_the_tail_and_loads_like_any_run(dataset, hea
     out = train_finetune(dataset, tmp_path / "ft", head_run, trainable_blocks=2, epochs=2,
                          batch_size=8, lr=1e-2)
     run = load_run(out)
-    assert run.config["model_kwargs"]["trainable_blocks"] == 2
+    assert run.config.model_kwargs["trainable_blocks"] == 2
     assert [r["epoch"] for r in read_history(out)] == [1, 2]
     stored = load_file(str(out / "weights.safetensors"))
     assert any(k.startswith("backbone._blocks.15.") for k in stored)
@@ -125,7 +125,7 @@ def test_cli_init_fine_tunes_and_resume_finds_the_same_path(dataset, head_run, t
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "1 epochs" in result.output
-    assert load_run(out).config["train"]["mode"] == "finetune"
+    assert load_run(out).config.train["mode"] == "finetune"
     result = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert [r["epoch"] for r in read_history(out)] == [1]  # finished: nothing more to do

@@ -32,7 +32,7 @@ def dataset(tmp_path):
 def test_run_predicts_what_the_cached_features_predict(dataset, tmp_path, options):
     out = train_features(dataset, tmp_path / "run", SIZE, epochs=3, **options)
     run = load_run(out)
-    assert run.config["partial_weights"] and set(run.thresholds) == set(GENRES)
+    assert run.config.partial_weights and set(run.thresholds) == set(GENRES)
     assert all(k.startswith("head.") for k in load_file(str(out / "weights.safetensors")))
     assert 1 <= len(read_history(out)) <= 3
     val = pd.read_csv(dataset / "val.csv")["poster"].tolist()
@@ -56,8 +56,8 @@ def test_shipped_model_is_a_small_fine_tuned_lite0_run(tmp_path):
     from postergenre.run import default_run_dir
 
     run = load_run(None)
-    assert run.model_name == "efficientnet-lite0" and run.config["partial_weights"]
-    assert run.config["model_kwargs"]["trainable_blocks"] == 2
+    assert run.model_name == "efficientnet-lite0" and run.config.partial_weights
+    assert run.config.model_kwargs["trainable_blocks"] == 2
     assert set(run.thresholds) == set(run.genres)
     weights = default_run_dir() / "weights.safetensors"
     assert weights.stat().st_size < 5_000_000
@@ -92,12 +92,12 @@ def test_train_cli_fast_path_defaults_to_the_shipped_recipe(dataset, tmp_path):
             "--model-arg", f"input_size={list(SIZE)}", "--no-progress"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
-    shipped = load_run(None).config["model_kwargs"]
-    kwargs = load_run(tmp_path / "a").config["model_kwargs"]
+    shipped = load_run(None).config.model_kwargs
+    kwargs = load_run(tmp_path / "a").config.model_kwargs
     assert (kwargs["head"], kwargs["pool"]) == (shipped["head"], shipped["pool"])
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--head", "linear"])
     assert result.exit_code == 0, result.output
-    assert load_run(tmp_path / "b").config["model_kwargs"]["head"] == "linear"
+    assert load_run(tmp_path / "b").config.model_kwargs["head"] == "linear"
     probs = Predictor.load(tmp_path / "b", backend="torch").predict_files(
         [load_split_paths(dataset)[0]])
     assert probs.shape == (1, len(GENRES)) and np.all((probs >= 0) & (probs <= 1))

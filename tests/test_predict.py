@@ -153,7 +153,7 @@ def test_float16_weights_load_back_and_predict_nearly_the_same(tiny_run, posters
     import torch
     from safetensors.torch import load_file
 
-    from postergenre.run import save_weights
+    from postergenre.io import save_weights
 
     half = tmp_path / "half"
     shutil.copytree(tiny_run, half)
@@ -170,14 +170,13 @@ def test_float16_weights_load_back_and_predict_nearly_the_same(tiny_run, posters
 
 
 def test_titles_of_the_shipped_models_dataset_are_found(tmp_path, monkeypatch):
-    """The shipped model keeps the older layout (its dataset inside "training"): predict
-    still finds the titles of that dataset's posters."""
+    """Predict finds the titles of the posters of the dataset the shipped model names."""
     from conftest import make_small_dataset
 
     from postergenre.run import load_run
 
     shipped = load_run(None)
-    assert "training" not in shipped.config and shipped.dataset  # read into the fixed keys
+    assert shipped.dataset
     where = tmp_path / Path(shipped.dataset)
     dataset = make_small_dataset(where.parent / "build", shipped.genres[:3], (3, 1, 1))
     dataset.rename(where)

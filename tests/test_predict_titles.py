@@ -37,8 +37,15 @@ def runs(tmp_path_factory):
 def test_fused_only_with_a_title(runs) -> None:
     plain, fused, posters = runs
     a, b = Predictor.load(plain, backend="torch"), Predictor.load(fused, backend="torch")
-    assert a.text is None and b.text is not None
+    assert a.title_side is None and b.title_side is not None
     base = a.predict_files(posters)
+    posters_only = Predictor.load(fused, backend="torch", titles=False, threshold=0.3)
+    assert posters_only.title_side is None and posters_only.fused_thresholds is None
+    assert np.array_equal(posters_only.predict_files(posters, ["Zombie Blood (1985)", None]), base)
+    assert np.all(posters_only.thresholds == np.float32(0.3))
+    fixed = Predictor.load(fused, backend="torch", threshold=0.3)
+    assert np.all(fixed.fused_thresholds == np.float32(0.3))
+    assert not np.all(b.fused_thresholds == np.float32(0.3))  # the run's own are untouched
     assert np.array_equal(b.predict_files(posters), base)
     assert np.array_equal(b.predict_files(posters, titles=[None, "  "]), base)
     assert np.array_equal(a.predict_files(posters, titles=["Zombie Blood (1985)", None]), base)
@@ -111,7 +118,7 @@ def test_explain_lists_the_title_words_that_pushed_each_genre(runs, tmp_path) ->
 
 def test_title_word_contributions_add_up_to_the_title_logit(runs) -> None:
     _, fused, _ = runs
-    model = Predictor.load(fused, backend="torch").text[0]
+    model = Predictor.load(fused, backend="torch").title_side.model
     title = "Crazy Zombie Wedding (1999)"
     tokens, parts = model.contributions(title)
     assert tokens == ["crazy", "zombie", "wedding", "(1990s)"]

@@ -27,9 +27,10 @@ from typer.testing import CliRunner
 
 from postergenre.cli import app as cli_app
 from postergenre.errors import RunError
+from postergenre.io import save_weights
 from postergenre.models import create_model
 from postergenre.predict import Predictor
-from postergenre.run import save_thresholds, save_weights, write_config
+from postergenre.run import RunConfig, save_thresholds, write_config
 from postergenre.serve import Limits, create_app
 from postergenre.serve.app import STATIC
 from postergenre.serve.batcher import Batcher
@@ -47,8 +48,8 @@ def make_run(path: Path, seed: int = 0) -> Path:
         last.weight.mul_(300)
         last.bias.copy_(torch.linspace(-1.5, 1.5, len(GENRES)))
     save_weights(model, path / "weights.safetensors")
-    write_config(path, model="custom-cnn", model_kwargs={"input_size": list(INPUT_SIZE)},
-                 genres=GENRES, input_size=INPUT_SIZE, dataset=None, train={})
+    write_config(path, RunConfig(model="custom-cnn", model_kwargs={"input_size": list(INPUT_SIZE)},
+                                 genres=tuple(GENRES), input_size=INPUT_SIZE))
     save_thresholds(path, dict(zip(GENRES, [0.2, 0.4, 0.5, 0.6, 0.8], strict=True)))
     return path
 

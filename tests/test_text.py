@@ -45,19 +45,20 @@ def test_title_model_learns_words_and_years(fitted: TitleModel) -> None:
 
 
 def test_title_model_round_trip(fitted: TitleModel, tmp_path) -> None:
-    fitted.save(tmp_path / "t")
+    files = tmp_path / "t" / "text.json", tmp_path / "t" / "text.safetensors"
+    fitted.save(*files)
     size = sum(f.stat().st_size for f in (tmp_path / "t").iterdir())
     assert size < 3 * 1024 * 1024
     assert not list((tmp_path / "t").glob("*.pkl"))
-    loaded = TitleModel.load(tmp_path / "t")
+    loaded = TitleModel.load(*files)
     titles = ["Zombie Night (1987)", "Silence"]
     np.testing.assert_allclose(loaded.decision_function(titles),
                                fitted.decision_function(titles), atol=2e-3)  # float16 weights
     with pytest.raises(RunError, match="missing"):
-        TitleModel.load(tmp_path / "nowhere")
-    (tmp_path / "t" / "text.json").write_text("{not json")
+        TitleModel.load(tmp_path / "nowhere" / "text.json", files[1])
+    files[0].write_text("{not json")
     with pytest.raises(RunError, match="unreadable"):
-        TitleModel.load(tmp_path / "t")
+        TitleModel.load(*files)
 
 
 def test_title_model_rejects_bad_labels() -> None:
@@ -92,15 +93,19 @@ def test_fit_fusion_weighs_text_by_its_value() -> None:
 def test_save_text_in_a_run(fitted: TitleModel, tmp_path) -> None:
     from conftest import make_tiny_run
 
-    from postergenre.run import load_run
+    from postergenre.run import FUSION, TEXT_DIR, TextSettings, load_run
 
     run_dir = make_tiny_run(tmp_path / "run", GENRES)
     before = (run_dir / "weights.safetensors").read_bytes()
     fusion = Fusion(GENRES, "global", np.ones(3), np.full(3, 0.7), np.zeros(3), np.zeros(3))
     save_text(run_dir, fitted, fusion, np.array([0.3, 0.4, 0.5]), {"fusion_fitted_on": "val"})
     run = load_run(run_dir)
-    assert run.config["text"]["folder"] == "text" and run.config["text"]["fusion"] == "global"
+    assert isinstance(run.config.text, TextSettings) and run.config.text.fusion == "global"
+    assert run.config.text.title_model["n_features"] == fitted.n_features
     assert (run_dir / "weights.safetensors").read_bytes() == before
-    assert Fusion.load(run_dir / "text").text_weight.tolist() == [0.7] * 3
+    assert Fusion.load(run_dir / TEXT_DIR / FUSION).text_weight.tolist() == [0.7] * 3
+    side = run.title_side
+    assert side is not None and side is run.title_side  # read once
+    assert side.thresholds.tolist() == pytest.approx([0.3, 0.4, 0.5])
     with pytest.raises(RunError, match="genres"):
         save_text(run_dir, TitleModel(["A", "B", "C"]), fusion, np.zeros(3), {})

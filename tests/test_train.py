@@ -167,8 +167,8 @@ def test_cli_trains_and_resumes(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     config = load_run(tmp_path / "run").config
-    assert config["train"]["loss"] == "asl" and config["train"]["pos_weight"] is True
-    assert config["model_kwargs"] == TINY
+    assert config.train["loss"] == "asl" and config.train["pos_weight"] is True
+    assert config.model_kwargs == TINY
     result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--resume",
                                       "--no-progress"])
     assert result.exit_code == 0, result.output

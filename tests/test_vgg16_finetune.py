@@ -102,7 +102,7 @@ def test_a_cpu_run_trains_block5_and_loads_like_an_end_to_end_run(dataset, tmp_p
     assert result.exit_code == 0, result.output
     run = load_run(out)
     assert (run.train_settings["mode"], run.train_settings["augment"]) == ("finetune", False)
-    assert not run.config["partial_weights"] and [r["epoch"] for r in read_history(out)] == [1, 2]
+    assert not run.config.partial_weights and [r["epoch"] for r in read_history(out)] == [1, 2]
     stored = load_file(str(out / "weights.safetensors"))
     model = run.build_model()  # from the run alone: no weights file, every tensor stored
     assert set(stored) == set(model.state_dict())

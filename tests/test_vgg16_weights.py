@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from postergenre.errors import PosterGenreError
+from postergenre.errors import PosterGenreError, RunError
+from postergenre.io import load_weights, save_weights
 from postergenre.models import create_model
 from postergenre.models import vgg16_weights as vw
 from postergenre.models.vgg16 import BLOCK5_START, VGG16, make_features
-from postergenre.run import load_weights, save_weights
 
 SIZE = (64, 48)
 
@@ -223,12 +223,12 @@ def test_the_normalisation_fits_the_source_and_travels_with_the_run(tmp_path, re
     assert loaded.normalization == "caffe"
     assert torch.allclose(loaded.eval()(x), keras.eval()(x), atol=1e-5)
 
-    # weights saved before the normalisation was stored keep torchvision's
+    # a weights file without the normalisation is incomplete: refused, not guessed
     old = {k: v for k, v in keras.state_dict().items() if not k.startswith("norm_")}
     save_file(old, str(tmp_path / "old.safetensors"))
     again = create_model("vgg16", 5, input_size=SIZE)
-    load_weights(again, tmp_path / "old.safetensors")
-    assert again.normalization == "torchvision"
+    with pytest.raises(RunError, match="do not match the model"):
+        load_weights(again, tmp_path / "old.safetensors")
     with pytest.raises(PosterGenreError, match="normalization must be one of"):
         create_model("vgg16", 5, input_size=SIZE, normalization="bgr")
 
@@ -285,7 +285,7 @@ def test_a_trained_run_keeps_the_normalisation_of_its_weights(tmp_path, referenc
                          batch_size=4, patience=0, backbone_weights=str(h5))
     fit(data, tmp_path / "run", config)
     run = load_run(tmp_path / "run")
-    assert run.config["model_kwargs"]["normalization"] == "caffe"  # on record in config.json
+    assert run.config.model_kwargs["normalization"] == "caffe"  # on record in config.json
     model = run.build_model()  # built without the weights file, from the run alone
     assert model.normalization == "caffe"
     assert torch.equal(model.features[0].weight, reference["0.weight"])  # frozen: unchanged

@@ -29,12 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from postergenre.errors import RunError
-from postergenre.io import (
-    atomic_open,
-    atomic_write_json,
-    load_weights,
-    save_weights,
-)
+from postergenre.io import atomic_open, atomic_write_json, load_weights
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,8 +37,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from postergenre.models.text import Fusion, TitleModel
-
-__all__ = ["load_weights", "save_weights"]  # re-exported: the weight I/O lives in io.py
 
 FORMAT_VERSION = 2  # 1: the unversioned layout before RunConfig (no longer read)
 
@@ -111,13 +104,12 @@ class TextSettings:
         where = f"{source}: 'text'"
         if not isinstance(obj, dict):
             raise RunError(f"{where} must be an object, not {type(obj).__name__}")
-        dataset = _need(obj, "dataset", (str, type(None)), "a string or null", where)
         return cls(fusion=_need(obj, "fusion", str, "a string", where),
                    title_model=dict(_need(obj, "title_model", dict, "an object", where)),
                    text_fitted_on=_strings(_need(obj, "text_fitted_on", list, "a list", where),
                                            "text_fitted_on", where),
                    fusion_fitted_on=_need(obj, "fusion_fitted_on", str, "a string", where),
-                   dataset=dataset)
+                   dataset=_need(obj, "dataset", (str, type(None)), "a string or null", where))
 
 
 @dataclass(frozen=True)
