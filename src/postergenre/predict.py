@@ -108,7 +108,7 @@ class Predictor:
         out = np.array(probabilities, copy=True)
         if side is not None and used.any():
             rows = np.flatnonzero(used)
-            text_logits = side.model.decision_function([titles[i] or "" for i in rows])
+            text_logits = side.model.decision_function([titles[int(i)] or "" for i in rows])
             out[rows] = side.fusion(out[rows], text_logits)
         return out, used
 

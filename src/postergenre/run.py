@@ -276,7 +276,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({getattr(e, 'msg', None) or e.reason})") from None
+        why = e.reason if isinstance(e, UnicodeDecodeError) else e.msg
+        raise RunError(f"{path}: not valid JSON ({why})") from None
     except OSError as e:
         raise RunError(f"{path}: cannot be read ({e.strerror})") from None
 

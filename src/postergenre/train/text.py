@@ -90,9 +90,15 @@ def save_text(run_dir: str | Path, model: TitleModel, fusion: Fusion, thresholds
               meta: dict[str, Any]) -> Path:
     """Write RUN/text/ and record it in config.json's "text"; `meta` holds what was fitted
     on what (`TextSettings`' text_fitted_on, fusion_fitted_on, dataset). Returns RUN/text."""
+    unknown = set(meta) - {"text_fitted_on", "fusion_fitted_on", "dataset"}
+    if unknown:
+        raise ValueError(f"save_text: unknown meta {', '.join(sorted(unknown))}")
     settings = {k: v for k, v in model.settings().items() if k != "genres"}
+    dataset = meta.get("dataset")
     text = TextSettings(fusion=fusion.form, title_model=settings,
-                        **{k: tuple(v) if k == "text_fitted_on" else v for k, v in meta.items()})
+                        text_fitted_on=tuple(meta.get("text_fitted_on", ("train",))),
+                        fusion_fitted_on=str(meta.get("fusion_fitted_on", "val")),
+                        dataset=None if dataset is None else str(dataset))
     side = TitleSide(model, fusion, np.asarray(thresholds, np.float32))
     return save_title_side(run_dir, side, text)
 
