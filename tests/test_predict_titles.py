@@ -124,3 +124,25 @@ def test_title_word_contributions_add_up_to_the_title_logit(runs) -> None:
     assert tokens == ["crazy", "zombie", "wedding", "(1990s)"]
     np.testing.assert_allclose(parts.sum(0) + model.intercept,
                                model.decision_function([title])[0], atol=1e-4)
+
+
+def test_the_title_side_is_read_once_per_run(runs, monkeypatch) -> None:
+    """Predictor and Explainer share the run's TitleSide: explaining with a title reads no
+    title model from disk."""
+    from postergenre.explain import Explainer
+
+    _, fused, posters = runs
+    real, loads = TitleModel.load, []
+
+    def counted(settings, weights):
+        loads.append(settings)
+        return real(settings, weights)
+
+    monkeypatch.setattr(TitleModel, "load", counted)
+    predictor = Predictor.load(fused, backend="torch")
+    explainer = Explainer(predictor.run)
+    for _ in range(3):
+        e = explainer.explain(posters[0], k=2, title="Zombie Blood (1985)")
+        assert e.title_words is not None and len(e.title_words) == 2
+    assert len(loads) == 1
+    assert explainer.explain(posters[0], k=2).title_words is None

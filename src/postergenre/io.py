@@ -1,4 +1,5 @@
-"""Atomic writes: a file is either absent or complete, never partial, whatever kills the process."""
+"""Atomic writes: a file is either absent or complete, never partial, whatever kills the process;
+and the safetensors weight files written that way (`save_weights`, `load_weights`)."""
 
 from __future__ import annotations
 
