@@ -69,7 +69,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score a run on a dataset split; write metrics.json (and report.html) to `out`.
 
-    `dataset` defaults to the run config's "dataset". F1 and Hamming loss use the run's tuned
+    `dataset` defaults to the dataset the run's config names. F1 and Hamming loss use the run's tuned
     thresholds (thresholds.json) when it has one for every genre, else thresholds tuned here
     on the val split. Posters that cannot be read are reported through `on_error` and skipped.
     When the run has a title model (and `titles`), the split's titles are fused with the posters
@@ -78,7 +78,7 @@ def evaluate_run(
     With `gallery` N > 0 the report shows, for each genre in the macro averages, its N most
     confident hits and false alarms with their Grad-CAM heat maps (explain.py, PyTorch).
     """
-    predictor = Predictor.load(run, backend=backend)
+    predictor = Predictor.load(run, backend=backend, titles=titles)
     r = predictor.run
     dataset = dataset or r.dataset
     if not dataset:
@@ -101,7 +101,7 @@ def evaluate_run(
     results = compare_with_prior(y, scores, genres, train_y, thresholds, n_boot=n_boot)
     results = {"run": str(r.path), "dataset": str(dataset), "split": split,
                "thresholds_from": source, **results}
-    if predictor.fused_thresholds is not None and titles:  # a title model: fused scores too
+    if predictor.fused_thresholds is not None:  # a title model, and titles: fused scores too
         fused, used = predictor.fuse(scores, list(test.titles))
         results["fused"] = compare_with_prior(y, fused, genres, train_y,
                                               predictor.fused_thresholds, n_boot=n_boot)["model"]
