@@ -100,6 +100,11 @@ def test_evaluate_prints_poster_only_and_fused_side_by_side(runs, tmp_path) -> N
                                       "--out", str(tmp_path / "p")])
     assert result.exit_code == 0 and "poster + title" not in result.output
     assert "fused" not in json.loads((tmp_path / "p" / "metrics.json").read_text())
+    result = CliRunner().invoke(app, ["evaluate", str(fused), "--data", str(dataset),
+                                      "--backend", "torch", "--no-report", "--bootstrap", "0",
+                                      "--no-titles", "--out", str(tmp_path / "n")])
+    assert result.exit_code == 0 and "poster + title" not in result.output
+    assert "fused" not in json.loads((tmp_path / "n" / "metrics.json").read_text())
 
 
 def test_explain_lists_the_title_words_that_pushed_each_genre(runs, tmp_path) -> None:
