@@ -324,7 +324,7 @@ def model_card(state: dict[str, Any]) -> str:
     ]
     for stage in STAGES:
         r = stages[stage.name]
-        note = (f"{r['epochs']} epochs, best {r['best_epoch']} (val macro AP "
+        note = (f"epochs run: {r['epochs']}, best: {r['best_epoch']} (val macro AP "
                 f"{r['best_val_macro_ap']:.4f})" if "epochs" in r else "")
         lines.append(f"| {stage.name} | {stage.what} | {note} | {r['seconds']:.0f} s |")
     total = sum(r["seconds"] for r in stages.values())

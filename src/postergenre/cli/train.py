@@ -201,11 +201,14 @@ PASSIVE = {"cache": True, "workers": 2, "tensorboard": False, "resume": False}
 
 def _pipeline(given: dict) -> None:
     """`--recipe shipped`: every stage of the shipped model's card (pipeline.py)."""
+    import inspect
+
     from postergenre.cli.progress import RichProgress
     from postergenre.pipeline import FINAL, run_pipeline
 
-    extra = [k for k, v in given.items() if k not in PIPELINE_OPTIONS and v is not None
-             and PASSIVE.get(k) != v]
+    options = inspect.signature(train).parameters
+    extra = [k for k, v in given.items() if k in options and k not in PIPELINE_OPTIONS
+             and v is not None and PASSIVE.get(k) != v]
     if extra or given["model_arg"]:
         flag = "--" + (extra[0] if extra else "model_arg").replace("_", "-")
         raise PosterGenreError(f"{flag} does not apply to --recipe {given['recipe']}: it runs "
