@@ -239,8 +239,8 @@ def _check_out(dataset: Path, out: Path, settings: Settings) -> dict[str, Any]:
         raise RunError(f"{path}: unreadable ({e})") from None
     for key in ("recipe", "dataset", "settings"):
         if state.get(key) != new[key]:
-            raise RunError(f"{out}: holds a build with another {key}; rerun it with the same "
-                           "command, or choose another --out")
+            raise RunError(f"{out}: holds a build with a different {key}; rerun it with the "
+                           "same command, or choose another --out")
     return state
 
 
