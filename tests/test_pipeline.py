@@ -123,3 +123,8 @@ def test_cli_takes_only_its_own_options(dataset, tmp_path):
     result = CliRunner().invoke(app, base)
     assert result.exit_code != 0 and "--data is required" in str(result.exception)
     assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, [*base, "--data", str(dataset), "--time-limit", "0"])
+    assert result.exit_code == 0, result.output
+    assert "rerun the same command to resume" in result.output
+    state = json.loads((tmp_path / "out" / STATE).read_text())
+    assert state["stopped"] and not state["stages"]
