@@ -330,29 +330,12 @@ def section_test(dataset, train, val, test, pv, px, pt, run, form, log: dict) ->
           f"title (batch of {len(test)})")
 
 
-def build(dataset: str, out: str, train, val, run: str | None, form: str) -> None:
-    """The poster run (default: the shipped model) copied to `out`, with RUN/text/: fusion
-    weights fitted on val with the proxy's val scores, text model refitted on train + val."""
-    import shutil
-
-    from postergenre.run import default_run_dir
-    from postergenre.train.text import fit_and_save
-
-    shutil.copytree(run or default_run_dir(), out, dirs_exist_ok=True)
-    folder = fit_and_save(out, dataset, proxy_probs(train, val), ("train", "val"), form, **BASE)
-    size = sum(f.stat().st_size for f in folder.iterdir())
-    print(f"\nwrote {folder} ({size / 1e6:.2f} MB)")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset", nargs="?", default="datasets/shared")
     ap.add_argument("--sections", default="variants,forms,joint,test")
     ap.add_argument("--run", default=None, help="poster run (default: the shipped model)")
     ap.add_argument("--form", default="per-genre", help="fusion form of the test rows")
-    ap.add_argument("--build", default=None, metavar="OUT",
-                    help="also write the shipped model with the title model (refitted on train "
-                         "+ val) and its fusion into the run folder OUT")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = ap.parse_args()
     sections = args.sections.split(",")
@@ -371,8 +354,6 @@ def main() -> None:
     if "test" in sections:
         section_test(args.dataset, train, val, test, pv, px, poster_probs(test, args.run),
                      args.run, args.form, log)
-    if args.build:
-        build(args.dataset, args.build, train, val, args.run, args.form)
     if args.json:
         Path(args.json).write_text(json.dumps(log, indent=2, default=float) + "\n")
 

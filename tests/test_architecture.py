@@ -18,7 +18,7 @@ LAYERS = [
     {"models", "run"},
     {"backends", "export"},
     {"train", "evaluate"},
-    {"predict", "scoring", "explain"},
+    {"predict", "scoring", "explain", "pipeline"},
     {"serve", "cli", "__main__"},
 ]
 

@@ -69,8 +69,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score a run on a dataset split; write metrics.json (and report.html) to `out`.
 
-    `dataset` defaults to the dataset the run's config names. F1 and Hamming loss use the run's tuned
-    thresholds (thresholds.json) when it has one for every genre, else thresholds tuned here
+    `dataset` defaults to the dataset the run's config names. F1 and Hamming loss use the run's
+    tuned thresholds (thresholds.json) when it has one for every genre, else thresholds tuned here
     on the val split. Posters that cannot be read are reported through `on_error` and skipped.
     When the run has a title model (and `titles`), the split's titles are fused with the posters
     and results["fused"] holds the fused scores (thresholds tuned for them on val).

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from postergenre.errors import PosterGenreError
+from postergenre.pipeline import PIPELINES
 from postergenre.train.recipes import LOSSES, MODES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 
 
@@ -55,6 +56,9 @@ def train(
                              "on a CPU): block 5 and the head on blocks 1-4's cached output."),
     recipe: str = typer.Option(None, "--recipe", help=f"Named settings: {', '.join(RECIPES)} "
                                "(the original project's). Options given override it. "
+                               "shipped: every stage of the shipped model's card into --out "
+                               "(OUT/final is the model; rerun the same command to resume; "
+                               "takes only --data, --out, --time-limit). "
                                "seed-vgg16 on a CPU trains finetune (no augmentation on a "
                                "cached trunk); its 50 augmented end-to-end epochs (--mode "
                                "end-to-end) are meant for a GPU."),
@@ -106,6 +110,9 @@ def train(
                              "(features: multi)."),
     hidden: int = typer.Option(None, help="efficientnet MLP head width (features: 256)."),
     dropout: float = typer.Option(None, help="efficientnet head dropout (features: 0.6)."),
+    titles: bool = typer.Option(None, "--titles/--no-titles", help="After the poster model, "
+                                "fit the title model and its fusion on the dataset's titles "
+                                "(default: on when the dataset has titles)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
                                 "last checkpoint, with its own settings and dataset."),
     device: str = typer.Option(None, help="cpu or cuda[:N] (default: cuda when available)."),
@@ -129,6 +136,9 @@ def train(
     from postergenre.train.fit import fit
     from postergenre.train.recipes import make_config
 
+    if recipe in PIPELINES:
+        _pipeline(locals())
+        return
     kwargs = _model_kwargs(model_arg)
     kwargs.update({k: v for k, v in {"head": head, "pool": pool, "hidden": hidden,
                                      "dropout": dropout}.items() if v is not None})
@@ -140,7 +150,7 @@ def train(
                    weight_decay=weight_decay, schedule=schedule, loss=loss,
                    pos_weight=pos_weight, resample=resample, augment=augment, flip=flip,
                    precision=precision,
-                   patience=patience, seed=seed, drop_connect=drop_connect,
+                   patience=patience, seed=seed, drop_connect=drop_connect, titles=titles,
                    init=str(init) if init else None,
                    backbone_weights=str(backbone_weights) if backbone_weights else None)
     config = None
@@ -179,3 +189,38 @@ def train(
     typer.echo(f"run written to {out}: {summary['mode']}, {summary['epochs']} epochs, best val "
                f"macro AP {summary['best_val_macro_ap']:.4f} (epoch {summary['best_epoch']}), "
                f"{summary['seconds']:.0f} s")
+    if summary["text"]:
+        typer.echo(f"title model and its fusion written to {summary['text']} "
+                   f"({summary['text_seconds']:.0f} s)")
+
+
+# The options a pipeline recipe takes; every other one is an error.
+PIPELINE_OPTIONS = {"recipe", "data", "out", "time_limit", "progress", "model_arg"}
+PASSIVE = {"cache": True, "workers": 2, "tensorboard": False, "resume": False}
+
+
+def _pipeline(given: dict) -> None:
+    """`--recipe shipped`: every stage of the shipped model's card (pipeline.py)."""
+    import inspect
+
+    from postergenre.cli.progress import RichProgress
+    from postergenre.pipeline import FINAL, run_pipeline
+
+    options = inspect.signature(train).parameters
+    extra = [k for k, v in given.items() if k in options and k not in PIPELINE_OPTIONS
+             and v is not None and PASSIVE.get(k) != v]
+    if extra or given["model_arg"]:
+        flag = "--" + (extra[0] if extra else "model_arg").replace("_", "-")
+        raise PosterGenreError(f"{flag} does not apply to --recipe {given['recipe']}: it runs "
+                               "its own settings (rerun the same command to resume)")
+    if given["data"] is None:
+        raise PosterGenreError("--data is required (a dataset folder from `data prepare`)")
+    limit = given["time_limit"] * 60 if given["time_limit"] is not None else None
+    with RichProgress(given["progress"]) as bars:
+        state = run_pipeline(given["data"], given["out"], time_limit=limit, progress=bars,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+    if "stopped" in state:
+        typer.echo(f"stopped ({state['stopped']}); state saved in {given['out']}: rerun the "
+                   "same command to resume")
+        return
+    typer.echo(f"model written to {given['out'] / FINAL} (card: {given['out'] / FINAL}/card.md)")

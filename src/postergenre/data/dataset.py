@@ -152,3 +152,27 @@ def write_split(dataset: str | Path, name: str, table: pd.DataFrame, genres: lis
 
 def write_genres(dataset: str | Path, genres: list[str]) -> None:
     atomic_write_json(Path(dataset) / "genres.json", {"genres": list(genres)})
+
+
+def write_trainval(dataset: str | Path, out: str | Path) -> Path:
+    """A copy of DATASET whose train split is its train and val tables concatenated (for a final
+    fit on both); val and test are kept as they are, so evaluation still works. Rows are
+    copied as written, posters stay where they are. Returns `out`."""
+    dataset, out = Path(dataset), Path(out)
+    if out.resolve() == dataset.resolve():
+        raise DatasetError(f"{out}: is the input dataset; the train + val copy needs a folder "
+                           "of its own")
+    genres = load_genres(dataset)
+    tables = []
+    for name in SPLITS:
+        load_split(dataset, name)  # checked before anything is written
+        tables.append(pd.read_csv(io.StringIO(read_text(dataset / f"{name}.csv", "the split "
+                                                        "file")), dtype=str,
+                                  keep_default_na=False))
+    train, val, test = tables
+    for name, table in (("train", pd.concat([train, val], ignore_index=True)), ("val", val),
+                        ("test", test)):
+        with atomic_open(out / f"{name}.csv", "w", encoding="utf-8", newline="") as f:
+            table.to_csv(f, index=False)
+    write_genres(out, genres)
+    return out

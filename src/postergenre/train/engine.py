@@ -122,7 +122,8 @@ def run_epochs(source: Source, out: Path, config: TrainConfig, *, resume: bool =
                on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
                log: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train `source` for `config.epochs` (or until early stopping / `time_limit` seconds) into
-    the run folder `out`; return the final state. `on_epoch_end(record)` runs on every rank
+    the run folder `out`; return the final state (on rank 0 with "val_probs": the best
+    weights' val probabilities). `on_epoch_end(record)` runs on every rank
     after each epoch's checkpoint; `log(key, record)` receives every record on rank 0."""
     main, rank, model, dev = distributed.is_main(), distributed.rank(), source.model, source.device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -204,7 +205,8 @@ def run_epochs(source: Source, out: Path, config: TrainConfig, *, resume: bool =
     if main:  # thresholds of the best weights, tuned on val
         load_weights(model, out / WEIGHTS, partial=source.keys is not None)
         model.eval()
-        thresholds = tune_thresholds(source.y_val, source.val_probs())
+        state["val_probs"] = source.val_probs()  # the title step fits its fusion on them
+        thresholds = tune_thresholds(source.y_val, state["val_probs"])
         save_thresholds(out, dict(zip(source.genres, thresholds.tolist(), strict=True)))
     distributed.barrier()
     state["seconds"] = round(time.perf_counter() - start, 1)

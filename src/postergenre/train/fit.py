@@ -5,18 +5,26 @@
 Everything is checked before anything is written, so a failed start leaves nothing that blocks
 the retry. Then the run folder gets its config.json, the mode builds its data source
 (sources.py), and the engine (engine.py) trains it; `resume=True` continues a run.
+
+When the dataset has titles (and `config.titles`), the poster model is followed by the title
+step: the title model fitted on the train titles, its per-genre fusion fitted on val with this
+run's own val probabilities (the poster model never trained on val, so they are honest), and
+fused thresholds tuned on val, stored in RUN/text/ (train/text.py). A run killed at any point,
+before or after the poster model finished, ends complete with `resume=True`.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from postergenre.data.dataset import load_split
+from postergenre.data.dataset import Split, load_split
 from postergenre.errors import PosterGenreError, RunError
 from postergenre.io import ensure_writable_dir, load_weights
 from postergenre.models import create_model, model_info
@@ -26,6 +34,10 @@ from postergenre.train import distributed
 from postergenre.train.engine import run_epochs
 from postergenre.train.recipes import TrainConfig
 from postergenre.train.sources import SOURCES
+from postergenre.train.text import fit_and_save
+
+# The title model's settings (train/text.py, models/text.py): the shipped model's.
+TITLE_SETTINGS: dict[str, Any] = {"C": 1.0}
 
 
 def _check_out(out: Path, resume: bool, inputs: list[Path]) -> None:
@@ -88,12 +100,14 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
         resume: bool = False, device: str | None = None, progress: Progress = SILENT,
         cache: bool = True, workers: int = 2, time_limit: float | None = None,
         backend: str = "auto", cache_root: str | Path | None = None, tensorboard: bool = False,
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        titles: bool | None = None) -> dict[str, Any]:
     """Train `config` on DATASET into the run folder `out`; return a summary dict.
 
     `time_limit` (seconds) stops before an epoch that would end past it (at least one epoch
     runs); `resume` continues later. `on_epoch_end(record)` is called on every rank after each
-    epoch's checkpoint is written.
+    epoch's checkpoint is written. `titles` (default: `config.titles`) decides whether the
+    title step follows; `fit(None, run, resume=True, titles=True)` adds it to a finished run.
     """
     out = Path(out)
     if resume:
@@ -157,11 +171,31 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
                                                                   "lr")]))
         if log is not None:
             log.close()
+        text, text_s = None, 0.0
+        if (config.titles if titles is None else titles) and not state.get("stopped") \
+                and distributed.is_main() and has_titles(train) and has_titles(val):
+            t0 = time.perf_counter()
+            text = fit_titles(out, dataset, state["val_probs"])
+            text_s = round(time.perf_counter() - t0, 1)
+        distributed.barrier()
     finally:
         distributed.cleanup()
     return {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
             "best_val_macro_ap": state["best"], "seconds": state["seconds"], "world": world,
-            "device": str(dev), "mode": config.mode, "stopped": state.get("stopped")}
+            "device": str(dev), "mode": config.mode, "stopped": state.get("stopped"),
+            "text": str(text) if text else None, "text_seconds": text_s}
+
+
+def has_titles(split: Split) -> bool:
+    """True when the split has at least one non-empty title."""
+    return any(t and t.strip() for t in split.titles)
+
+
+def fit_titles(run_dir: str | Path, dataset: str | Path, val_probs: np.ndarray,
+               text_splits: tuple[str, ...] = ("train",)) -> Path:
+    """The title step of a trained run: RUN/text/ from `val_probs`, the run's poster model's
+    probabilities on the val split (see train/text.py, `fit_and_save`)."""
+    return fit_and_save(run_dir, dataset, val_probs, text_splits, "per-genre", **TITLE_SETTINGS)
 
 
 def _tensorboard(out: Path):

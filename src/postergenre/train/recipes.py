@@ -57,6 +57,7 @@ class TrainConfig:
     drop_connect: float = 0.2  # finetune: drop-connect rate at the last block
     backbone_weights: str | None = None  # a local file of ImageNet weights (vgg16)
     recipe: str | None = None
+    titles: bool = True  # then the title model and its fusion (when the dataset has titles)
 
     def __post_init__(self) -> None:
         for name, value, choices in (("mode", self.mode, MODES),
@@ -98,7 +99,7 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _COMMON = {"model", "model_kwargs", "mode", "epochs", "batch_size", "optimizer", "lr",
            "weight_decay", "schedule", "loss", "pos_weight", "pos_weight_max", "resample",
-           "patience", "seed", "recipe"}
+           "patience", "seed", "recipe", "titles"}
 # The settings each mode reads: giving another one is an error.
 MODE_OPTIONS: dict[str, set[str]] = {
     "end-to-end": _COMMON | {"augment", "backbone_weights", "precision"},
