@@ -128,3 +128,18 @@ def test_cli_takes_only_its_own_options(dataset, tmp_path):
     assert "rerun the same command to resume" in result.output
     state = json.loads((tmp_path / "out" / STATE).read_text())
     assert state["stopped"] and not state["stages"]
+
+
+def test_a_build_killed_in_its_first_stage_is_not_refused(dataset, tmp_path, monkeypatch):
+    def killed(*args, **kwargs):
+        (tmp_path / "out" / "1-head").mkdir(parents=True, exist_ok=True)  # what fit leaves
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(fit_module, "fit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(dataset, tmp_path / "out", settings=TINY)
+    with monkeypatch.context() as m:  # the rerun gets past the check of OUT into stage 1
+        m.setattr(fit_module, "fit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(dataset, tmp_path / "out", settings=TINY)

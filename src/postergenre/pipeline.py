@@ -251,6 +251,7 @@ def run_pipeline(dataset: str | Path, out: str | Path, *, settings: Settings | N
     dataset, out, settings = Path(dataset), Path(out), settings or Settings()
     state = _check_out(dataset, out, settings)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STATE, state)  # first: a build killed at once can still resume
     deadline = None if time_limit is None else time.monotonic() + time_limit
     ctx = Context(dataset, out, settings, state, deadline, progress, log)
     state.pop("stopped", None)
