@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from postergenre.errors import PosterGenreError
 
@@ -223,7 +223,7 @@ class _Stream:
                 url = await asyncio.to_thread(next, self.urls, _END)
                 if url is _END:
                     break
-                task = asyncio.create_task(self._one(url))
+                task = asyncio.create_task(self._one(cast(str, url)))
                 self.tasks.append(task)
                 self.order.put_nowait((i, task))
                 i += 1
@@ -233,6 +233,7 @@ class _Stream:
             self.order.put_nowait(_END)
 
     async def _one(self, url: str) -> bytes | FetchError:
+        assert self.client is not None  # made by start()
         async with self.slots:
             try:
                 return await fetch_async(self.client, url, self.config)
