@@ -24,7 +24,7 @@ import queue
 import random
 import threading
 from collections import deque
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -82,15 +82,78 @@ def _ssl_context() -> ssl.SSLContext:
 
 def make_client(config: FetchConfig) -> httpx.AsyncClient:
     """The async client every caller uses: redirects followed up to `max_redirects`, a read
-    timeout of `timeout`, up to `concurrency` connections kept alive."""
+    timeout of `timeout`, up to `concurrency` requests at once (more wait for a free
+    connection), each on a kept-alive connection of its own (`_Shards`)."""
     import httpx
 
-    n = config.concurrency
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(config.timeout), verify=_ssl_context(), follow_redirects=True,
+        timeout=httpx.Timeout(config.timeout), follow_redirects=True,
         max_redirects=config.max_redirects, headers={"User-Agent": config.user_agent},
-        limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+        transport=_shards(config.concurrency),
     )
+
+
+def _shards(n: int) -> httpx.AsyncBaseTransport:
+    """`n` single-connection transports, each serving one request at a time.
+
+    The same keep-alive reuse as one shared pool of `n` connections, without httpcore's pool
+    bookkeeping, whose cost grows with requests x connections: with one shared pool,
+    `data download` was 2.9x slower at concurrency 64 than with one connection per request
+    in flight (docs/benchmarks.md, Download).
+    """
+    import httpx
+
+    class Released(httpx.AsyncByteStream):
+        """A response body that hands its transport back when it is closed."""
+
+        def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+            self.stream, self.release = stream, release
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self.stream:
+                yield chunk
+
+        async def aclose(self) -> None:
+            try:
+                await self.stream.aclose()
+            finally:
+                self.release()
+
+    class Shards(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            self.all = [httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=limits)
+                        for _ in range(n)]
+            self.free = list(self.all)  # the last used first: its connection is warm
+            self.slots = asyncio.Semaphore(n)
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await self.slots.acquire()
+            shard = self.free.pop()
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    self.free.append(shard)
+                    self.slots.release()
+
+            try:
+                response = await shard.handle_async_request(request)
+            except BaseException:
+                release()
+                raise
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  stream=Released(response.stream, release),
+                                  extensions=response.extensions)
+
+        async def aclose(self) -> None:
+            for shard in self.all:
+                await shard.aclose()
+
+    return Shards()
 
 
 def _one_line(error: BaseException) -> str:
