@@ -32,7 +32,7 @@ def explain(
     model is explained whatever backend `predict` uses. Unreadable inputs are reported on
     stderr and the others still explained; the exit code is then 1.
     """
-    from postergenre.data.inputs import expand_inputs, file_name, imdb_id, load_titles, read_input
+    from postergenre.data.inputs import expand_inputs, file_name, load_titles, read_input, title_of
     from postergenre.errors import PosterGenreError
     from postergenre.explain import Explainer, safe_name, write_explanation
     from postergenre.io import ensure_writable_dir
@@ -54,7 +54,7 @@ def explain(
             failed += 1
             print(f"error: {e}", file=sys.stderr)
             continue
-        title_given = title if title is not None else titles.get(imdb_id(source))  # type: ignore
+        title_given = title if title is not None else title_of(source, titles)
 
         e = explainer.explain_array(image, genre or None, top_k, source, title_given)
         stem = safe_name(file_name(source).rsplit(".", 1)[0])

@@ -341,7 +341,12 @@ def fetch_many(urls: Iterable[str], config: FetchConfig = FetchConfig()
     stream = _Stream(urls, config)
 
     def call(coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result()
+        except BaseException:  # an interrupt while waiting: stop the coroutine too
+            future.cancel()
+            raise
 
     try:
         call(stream.start())

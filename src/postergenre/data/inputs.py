@@ -93,7 +93,7 @@ def load_titles(labels: str | os.PathLike | None = None,
 
         for name in SPLITS:
             try:
-                split = load_split(dataset, name)
+                split = load_split(Path(dataset), name)
             except PosterGenreError:
                 continue
             titles.update((int(i), t) for i, t in zip(split.ids, split.titles, strict=True) if t)
@@ -107,7 +107,7 @@ def read_titles(path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
     for each row that cannot be used (no integer imdbId, no title); those rows are skipped."""
     from postergenre.data.movies import read_labels
 
-    labels = read_labels(path)
+    labels = read_labels(Path(path))
     titles: dict[int, str] = {}
     bad: list[str] = []
     for row, i, title in zip(labels.table["row"], labels.table["imdbId"],
