@@ -68,7 +68,7 @@ def random_run(model: str, directory: Path, **kwargs) -> Path:
 
 
 def movie_titles(data: Path) -> dict[int, str]:
-    from postergenre.predict import read_titles
+    from postergenre.data.inputs import read_titles
 
     return read_titles(data / "movies.csv")[0]
 
@@ -81,7 +81,8 @@ def measure(run: str | None, backend: str, paths: list[Path], latency_n: int,
     import torch
 
     from postergenre.backends import physical_cores
-    from postergenre.predict import Predictor, imdb_id, make_backend, predict_stream
+    from postergenre.data.inputs import imdb_id
+    from postergenre.predict import Predictor, make_backend, predict_stream
 
     torch.set_num_threads(physical_cores())
     predictor = Predictor.load(run, backend="torch" if backend == "torch" else "onnx")

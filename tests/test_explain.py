@@ -158,6 +158,18 @@ def test_cli_writes_maps_and_reports_bad_inputs(run_dir, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_cli_explains_urls_through_the_fetcher(run_dir, tmp_path, httpserver):
+    data = striped_poster(tmp_path / "p.jpg").read_bytes()
+    httpserver.expect_request("/120338.jpg").respond_with_data(data, content_type="image/jpeg")
+    httpserver.expect_request("/gone.jpg").respond_with_data("no", status=404)
+    good, gone = httpserver.url_for("/120338.jpg"), httpserver.url_for("/gone.jpg")
+    result = CliRunner().invoke(cli_app, ["explain", good, gone, "--model", str(run_dir),
+                                          "--out", str(tmp_path / "o"), "--genre", "Drama"])
+    assert result.exit_code == 1
+    assert f"error: {gone}: HTTP 404 NOT FOUND" in result.output
+    assert (tmp_path / "o" / "120338_Drama.npy").is_file()
+
+
 # -- POST /explain ---------------------------------------------------------------------------
 
 

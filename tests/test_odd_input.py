@@ -16,8 +16,9 @@ import pytest
 from conftest import make_poster, make_small_dataset, make_tiny_run
 from test_bad_input import assert_one_line_error, cli, prepare_args
 
-from postergenre.errors import DatasetError, InvalidImageError
-from postergenre.predict import expand_inputs, fetch_url, imdb_id, title_of
+from postergenre.data.fetch import FetchConfig, FetchError, fetch
+from postergenre.data.inputs import expand_inputs, imdb_id, title_of
+from postergenre.errors import DatasetError
 
 GENRES = ["Comedy", "Drama", "Horror"]
 
@@ -247,8 +248,8 @@ def test_expand_inputs_still_raises_without_a_callback(tmp_path) -> None:
 @pytest.mark.parametrize("url", ["http://host:1:1/x", "http://[::1/x", "https://exa mple.org/p",
                                  "http://" + "a" * 300 + ".org/x.jpg", "http://:80/x"])
 def test_a_malformed_url_names_the_url(url) -> None:
-    with pytest.raises(InvalidImageError) as info:
-        fetch_url(url, timeout=2, deadline=5)
+    with pytest.raises(FetchError) as info:
+        fetch(url, FetchConfig(timeout=2, deadline=5, retries=0))
     message = str(info.value)
     assert message.startswith(f"{url}: ") and "\n" not in message
 
@@ -320,8 +321,8 @@ def test_a_url_that_trickles_is_given_up_at_the_deadline(headers) -> None:
     server = Trickle(headers)
     try:
         start = time.monotonic()
-        with pytest.raises(InvalidImageError, match="longer than 1.5 s") as info:
-            fetch_url(server.url, timeout=1.0, deadline=1.5)
+        with pytest.raises(FetchError, match="longer than 1.5 s") as info:
+            fetch(server.url, FetchConfig(timeout=1.0, deadline=1.5, retries=0))
         assert time.monotonic() - start < 3.0
         assert str(info.value).startswith(server.url)
     finally:

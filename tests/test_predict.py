@@ -1,4 +1,4 @@
-"""`predict`: input expansion, URL fetching, titles, streaming prediction and the CLI formats."""
+"""`predict`: input expansion, URL inputs, titles, streaming prediction and the CLI formats."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from postergenre import predict as P
 from postergenre.cli import app
+from postergenre.data.fetch import FetchError
+from postergenre.data.inputs import expand_inputs, file_name, load_titles, read_input, title_of
 from postergenre.errors import InvalidImageError, PosterGenreError
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
@@ -37,30 +39,30 @@ def posters(tmp_path_factory) -> Path:
 
 
 def test_expand_inputs_walks_folders_and_keeps_files_and_urls(posters, tmp_path):
-    out = P.expand_inputs([str(posters), "missing.jpg", "https://example.org/a.jpg"])
+    out = expand_inputs([str(posters), "missing.jpg", "https://example.org/a.jpg"])
     assert out[:4] == sorted(out[:4])
     assert {Path(p).name for p in out[:4]} == {"114709.jpg", "113277.jpg", "120338.jpg",
                                                "tt0110912.png"}
     assert out[4:] == ["missing.jpg", "https://example.org/a.jpg"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(PosterGenreError, match="no poster images"):
-        P.expand_inputs([tmp_path / "empty"])
+        expand_inputs([tmp_path / "empty"])
 
 
 def test_titles_from_labels_csv(tmp_path):
     labels = tmp_path / "movies.csv"
     labels.write_text("imdbId,Title,Genre\n114709,Toy Story (1995),Animation|Comedy\n"
                       "110912,Pulp Fiction (1994),Crime|Drama\n", encoding="utf-8")
-    titles = P.load_titles(labels)
-    assert P.title_of("posters/114709.jpg", titles) == "Toy Story (1995)"
-    assert P.title_of("https://x.org/p/tt0110912.jpg?s=1", titles) == "Pulp Fiction (1994)"
-    assert P.title_of("posters/999.jpg", titles) is None
-    assert P.file_name("https://x.org/p/poster.jpg?s=1") == "poster.jpg"
+    titles = load_titles(labels)
+    assert title_of("posters/114709.jpg", titles) == "Toy Story (1995)"
+    assert title_of("https://x.org/p/tt0110912.jpg?s=1", titles) == "Pulp Fiction (1994)"
+    assert title_of("posters/999.jpg", titles) is None
+    assert file_name("https://x.org/p/poster.jpg?s=1") == "poster.jpg"
 
 
 def test_predict_stream_matches_predictor_and_reports_bad_inputs(tiny_run, posters, tmp_path):
     predictor = P.Predictor.load(tiny_run, backend="torch", batch_size=2)
-    good = P.expand_inputs([posters])
+    good = expand_inputs([posters])
     bad_image = tmp_path / "bad.jpg"
     bad_image.write_bytes(b"this is text")
     sources = [good[0], str(tmp_path / "missing.jpg"), good[1], str(bad_image), *good[2:]]
@@ -76,17 +78,20 @@ def test_predict_stream_matches_predictor_and_reports_bad_inputs(tiny_run, poste
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_fetch_url(httpserver, posters):
+def test_read_input_fetches_urls_and_names_them_in_errors(httpserver, posters):
     data = (posters / "114709.jpg").read_bytes()
     httpserver.expect_request("/poster.jpg").respond_with_data(data, content_type="image/jpeg")
     httpserver.expect_request("/gone.jpg").respond_with_data("nope", status=404)
-    assert P.fetch_url(httpserver.url_for("/poster.jpg")) == data
-    with pytest.raises(InvalidImageError, match="HTTP 404"):
-        P.fetch_url(httpserver.url_for("/gone.jpg"))
-    with pytest.raises(InvalidImageError, match="larger than"):
-        P.fetch_url(httpserver.url_for("/poster.jpg"), max_bytes=100)
-    with pytest.raises(InvalidImageError, match="unreachable"):
-        P.fetch_url("http://127.0.0.1:9/x.jpg", timeout=2)
+    httpserver.expect_request("/half.jpg").respond_with_data(data[:300], content_type="image/jpeg")
+    url = httpserver.url_for("/poster.jpg")
+    np.testing.assert_array_equal(read_input(url, SIZE),
+                                  read_input(str(posters / "114709.jpg"), SIZE))
+    with pytest.raises(FetchError, match="HTTP 404"):
+        read_input(httpserver.url_for("/gone.jpg"), SIZE)
+    half = httpserver.url_for("/half.jpg")
+    with pytest.raises(InvalidImageError) as info:
+        read_input(half, SIZE)
+    assert str(info.value).startswith(f"{half}: ") and "uploaded bytes" not in str(info.value)
 
 
 def _invoke(*args: str):
@@ -192,5 +197,5 @@ def test_titles_of_a_features_run_are_found(tmp_path):
 
     dataset = make_small_dataset(tmp_path, ["Comedy", "Drama"], (4, 2, 1))
     run = train_features(dataset, tmp_path / "run", (64, 48), epochs=1, hidden=4)
-    titles = P.load_titles(None, P.load_run(run))
+    titles = load_titles(None, P.load_run(run).dataset)
     assert titles[0] == "t0" and titles[200] == "t0"

@@ -1,15 +1,14 @@
 """Load a run (or the shipped model) and score posters: `Predictor.load(run).predict_proba(x)`
 takes (N, 3, H, W) floats in [0, 1] and returns (N, n_genres) probabilities.
 
-Around it, what `postergenre predict` needs: inputs from files, folders and URLs, titles by the
-imdbId in a file name, batched prediction overlapped with decoding (`predict_stream`), and the
-table / JSON-lines / CSV output formats.
+Around it: batched prediction overlapped with decoding (`predict_stream`, inputs read by
+`data.inputs.read_input`, URLs fetched by `data.fetch`) and one result as a JSON object
+(`json_record`, shared by `predict --format json` and the web service). Inputs and titles live
+in `data/inputs.py`, the other output formats in `cli/formats.py`.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,19 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import pandas as pd
 import torch
 
 from postergenre.backends import BACKENDS, OnnxBackend, TorchBackend, onnx_available
-from postergenre.data.images import (
-    IMAGE_SUFFIXES,
-    PosterSource,
-    load_poster_array,
-    load_poster_batch,
-)
-from postergenre.errors import InvalidImageError, PosterGenreError
+from postergenre.data.images import PosterSource, load_poster_batch
+from postergenre.data.inputs import read_input
+from postergenre.errors import PosterGenreError
 from postergenre.run import Run, TitleSide, load_run
 
 
@@ -134,172 +127,6 @@ class Predictor:
         return result
 
 
-# --- inputs: files, folders, URLs ----------------------------------------------------------
-
-URL_TIMEOUT_S = 15.0  # the longest wait for any one read (connect, headers, a body chunk)
-URL_DEADLINE_S = 30.0  # the longest a whole URL download may take, however the bytes trickle
-MAX_URL_BYTES = 20 * 1024 * 1024
-
-
-def is_url(text: str | os.PathLike) -> bool:
-    return isinstance(text, str) and text.lower().startswith(("http://", "https://"))
-
-
-def expand_inputs(inputs: Sequence[str | os.PathLike],
-                  on_error: Callable[[str], None] | None = None) -> list[str]:
-    """Files and URLs as given; folders replaced by their image files (recursively, sorted).
-
-    Nothing is checked here beyond walking folders: a missing file is reported when it is read.
-    A folder without images (or one that cannot be walked) is an error: raised, or, with
-    `on_error`, reported through it (one line) while the other inputs are kept.
-    """
-    out: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if not is_url(item) and path.is_dir():
-            try:
-                found = _images_in(path)
-            except PosterGenreError as e:
-                if on_error is None:
-                    raise
-                on_error(str(e))
-                continue
-            out.extend(str(p) for p in found)
-        else:
-            out.append(str(item))
-    return out
-
-
-def _images_in(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    try:
-        for root, _, names in os.walk(folder, onerror=_raise):  # links to folders not followed
-            found += [p for n in names if (p := Path(root, n)).suffix.lower() in IMAGE_SUFFIXES
-                      and p.is_file()]
-    except OSError as e:
-        raise PosterGenreError(f"{folder}: cannot read the folder ({e.strerror})") from None
-    if not found:
-        raise PosterGenreError(f"{folder}: folder holds no poster images")
-    return sorted(found)
-
-
-def _raise(error: OSError) -> None:
-    raise error
-
-
-def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_URL_BYTES,
-              client: httpx.Client | None = None, deadline: float = URL_DEADLINE_S) -> bytes:
-    """Download an image URL (redirects followed), refusing bodies over `max_bytes`.
-
-    `timeout` bounds each read; `deadline` bounds the whole download (a server that trickles
-    a byte a second is given up on after `deadline` seconds). Every failure is an
-    InvalidImageError naming the URL.
-    """
-    box: dict[str, object] = {}
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            box["data"] = _fetch(url, timeout, max_bytes, client, stop)
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    # A daemon thread: a server that trickles its headers cannot hold up the process's exit.
-    worker = threading.Thread(target=work, name="fetch-url", daemon=True)
-    worker.start()
-    worker.join(deadline)
-    if worker.is_alive():
-        stop.set()  # the worker gives up at its next chunk
-        raise InvalidImageError(f"{url}: download took longer than {deadline:g} s (deadline)")
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["data"]  # type: ignore[return-value]
-
-
-def _fetch(url: str, timeout: float, max_bytes: int, client: httpx.Client | None,
-           stop: threading.Event) -> bytes:
-    try:
-        with (client or httpx).stream("GET", url, timeout=timeout, follow_redirects=True) as r:
-            if r.status_code != 200:
-                raise InvalidImageError(f"{url}: HTTP {r.status_code}")
-            declared = r.headers.get("content-length") or ""
-            if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
-                raise InvalidImageError(f"{url}: larger than {max_bytes:,} bytes")
-            data = bytearray()
-            for chunk in r.iter_bytes():
-                data += chunk
-                if len(data) > max_bytes:
-                    raise InvalidImageError(f"{url}: larger than {max_bytes:,} bytes")
-                if stop.is_set():
-                    raise InvalidImageError(f"{url}: deadline passed")
-            return bytes(data)
-    except httpx.TimeoutException:
-        raise InvalidImageError(f"{url}: timed out after {timeout:g} s") from None
-    except httpx.InvalidURL as e:
-        raise InvalidImageError(f"{url}: malformed URL ({e})") from None
-    except httpx.HTTPError as e:
-        raise InvalidImageError(f"{url}: unreachable ({type(e).__name__})") from None
-    except (ValueError, UnicodeError) as e:  # what the URL parser and IDNA raise
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InvalidImageError(f"{url}: malformed URL ({reason})") from None
-
-
-# --- titles -------------------------------------------------------------------------------
-
-
-def load_titles(labels: str | os.PathLike | None = None, run: Run | None = None) -> dict[int, str]:
-    """imdbId -> title, from a labels CSV (MovieGenre.csv or imdbId,Title,Genre) and/or the
-    splits of the dataset the run was trained on (its config's "dataset", when still present)."""
-    titles: dict[int, str] = {}
-    dataset = run.dataset if run is not None else None
-    if dataset and Path(dataset).is_dir():
-        from postergenre.data.dataset import SPLITS, load_split
-
-        for name in SPLITS:
-            try:
-                split = load_split(dataset, name)
-            except PosterGenreError:
-                continue
-            titles.update((int(i), t) for i, t in zip(split.ids, split.titles, strict=True) if t)
-    if labels is not None:
-        titles.update(read_titles(labels)[0])
-    return titles
-
-
-def read_titles(path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
-    """imdbId -> title from a labels CSV (MovieGenre.csv or imdbId,Title,Genre), and one line
-    for each row that cannot be used (no integer imdbId, no title); those rows are skipped."""
-    from postergenre.data.movies import read_labels
-
-    labels = read_labels(path)
-    titles: dict[int, str] = {}
-    bad: list[str] = []
-    for row, i, title in zip(labels.table["row"], labels.table["imdbId"],
-                             labels.table["title"], strict=True):
-        if i is None or i is pd.NA:
-            bad.append(f"{path}: row {row}: no integer imdbId")
-        elif not title:
-            bad.append(f"{path}: row {row}: no title")
-        else:
-            titles[int(i)] = title
-    return titles, bad
-
-
-def file_name(source: str) -> str:
-    """The last part of a path or URL (query string dropped)."""
-    if is_url(source):
-        return source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or source
-    return Path(source).name
-
-
-def imdb_id(source: str) -> int | None:
-    """The IMDB id in a poster's file name (`114709.jpg`, `tt0114709.jpg`), else None."""
-    stem = file_name(source).rsplit(".", 1)[0].removeprefix("tt")
-    return int(stem) if stem.isascii() and stem.isdigit() else None  # '²³'.isdigit() is True
-
-
-def title_of(source: str, titles: dict[int, str]) -> str | None:
-    return titles.get(imdb_id(source))  # type: ignore[arg-type]
 
 
 # --- streaming prediction -----------------------------------------------------------------
@@ -317,13 +144,9 @@ class Prediction:
 
 def _decode(source: str, size: tuple[int, int]) -> np.ndarray | str:
     try:
-        data = fetch_url(source) if is_url(source) else source
-        return load_poster_array(data, size)
+        return read_input(source, size)
     except PosterGenreError as e:
-        message = str(e)
-        if is_url(source) and message.startswith("uploaded bytes: "):
-            message = f"{source}: {message.removeprefix('uploaded bytes: ')}"
-        return message
+        return str(e)
 
 
 def predict_stream(predictor: Predictor, sources: Sequence[str], workers: int = 2,
@@ -365,14 +188,6 @@ def predict_stream(predictor: Predictor, sources: Sequence[str], workers: int = 
 
 # --- output formats -----------------------------------------------------------------------
 
-FORMATS = ("table", "json", "csv")
-
-
-def format_table_row(name: str, top: list[tuple[str, float]], width: int = 0) -> str:
-    """`The Pianist (2002)   Drama (0.71), War (0.43), History (0.40)`"""
-    genres = ", ".join(f"{g} ({p:.2f})" for g, p in top) or "(no genre over its threshold)"
-    return f"{name:<{width}}   {genres}"
-
 
 def json_record(source: str, title: str | None, top: list[tuple[str, float]],
                 probabilities: np.ndarray, genres: Sequence[str],
@@ -389,14 +204,3 @@ def json_record(source: str, title: str | None, top: list[tuple[str, float]],
     if signals is not None:
         record["signals"] = list(signals)
     return record
-
-
-def csv_header(genres: Sequence[str]) -> list[str]:
-    return ["path", "title", "top", *genres]
-
-
-def csv_row(source: str, title: str | None, top: list[tuple[str, float]],
-            probabilities: np.ndarray) -> list[str]:
-    """path, title, top genres as 'Drama|War|History', then one score per genre."""
-    return [source, title or "", "|".join(g for g, _ in top),
-            *(f"{p:.4f}" for p in probabilities)]

@@ -18,13 +18,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from postergenre.cli.formats import format_table_row  # noqa: E402
 from postergenre.cli.tables import genre_table, render_cleaning_report  # noqa: E402
 from postergenre.data.dataset import SPLITS, load_split  # noqa: E402
 from postergenre.data.images import open_poster  # noqa: E402
 from postergenre.data.prepare import prepare_dataset  # noqa: E402
 from postergenre.io import atomic_open, ensure_writable_dir  # noqa: E402
 from postergenre.paths import sample_dir  # noqa: E402
-from postergenre.predict import Predictor, format_table_row, predict_stream  # noqa: E402
+from postergenre.predict import Predictor, predict_stream  # noqa: E402
 
 
 def draw_predictions(posters: Sequence[Path], titles: Sequence[str],

@@ -32,18 +32,10 @@ def explain(
     model is explained whatever backend `predict` uses. Unreadable inputs are reported on
     stderr and the others still explained; the exit code is then 1.
     """
-    from postergenre.data.images import load_poster_array
+    from postergenre.data.inputs import expand_inputs, file_name, load_titles, read_input, title_of
     from postergenre.errors import PosterGenreError
     from postergenre.explain import Explainer, safe_name, write_explanation
     from postergenre.io import ensure_writable_dir
-    from postergenre.predict import (
-        expand_inputs,
-        fetch_url,
-        file_name,
-        imdb_id,
-        is_url,
-        load_titles,
-    )
 
     sources = expand_inputs(paths)
     if title is not None and len(sources) != 1:
@@ -53,17 +45,16 @@ def explain(
     for g in genre or []:
         explainer.genre_index(g)  # an unknown genre fails before any work
     out_dir = ensure_writable_dir(out)
-    titles = load_titles(labels, explainer.run)
+    titles = load_titles(labels, explainer.run.dataset)
     failed, stems = 0, set()
     for source in sources:
         try:
-            image = load_poster_array(fetch_url(source) if is_url(source) else source,
-                                      explainer.input_size)
+            image = read_input(source, explainer.input_size)
         except PosterGenreError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
             continue
-        title_given = title if title is not None else titles.get(imdb_id(source))  # type: ignore
+        title_given = title if title is not None else title_of(source, titles)
 
         e = explainer.explain_array(image, genre or None, top_k, source, title_given)
         stem = safe_name(file_name(source).rsplit(".", 1)[0])

@@ -56,24 +56,20 @@ def predict(
 
     Without --model the shipped model is used. Inputs that cannot be read (a missing file, a
     folder without posters, a URL that fails) are reported on stderr (one line each) and the
-    others are still predicted; the exit code is then 1. A URL download is given up after 15 s
-    without a byte or 30 s in all.
+    others are still predicted; the exit code is then 1. A URL download attempt is given up
+    after 15 s without a byte or 30 s in all, and tried up to 3 times on a timeout, a broken
+    connection or a server error.
     """
-    from postergenre.predict import (
-        FORMATS,
-        Predictor,
-        csv_header,
-        csv_row,
+    from postergenre.cli.formats import FORMATS, csv_header, csv_row, format_table_row
+    from postergenre.data.inputs import (
         expand_inputs,
         file_name,
-        format_table_row,
         imdb_id,
-        json_record,
         load_titles,
-        predict_stream,
         read_titles,
         title_of,
     )
+    from postergenre.predict import Predictor, json_record, predict_stream
 
     if output_format not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
@@ -89,7 +85,7 @@ def predict(
         raise typer.BadParameter(f"gives the title of one poster, not {len(sources)}",
                                  param_hint="--title")
     predictor = Predictor.load(model, backend=backend, batch_size=batch_size, threshold=fixed)
-    titles = load_titles(labels, predictor.run)
+    titles = load_titles(labels, predictor.run.dataset)
     fuse_titles: dict[str, str] | None = None  # source -> the title fused with its poster
     if title is not None:
         fuse_titles = {sources[0]: title.strip()} if title.strip() else {}

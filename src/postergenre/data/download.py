@@ -1,34 +1,37 @@
 """Poster download: every `Poster` URL of a Kaggle `MovieGenre.csv` to `<out>/posters/<imdbId>.jpg`.
 
-Concurrent (asyncio + httpx, a fixed pool of workers), bounded by `concurrency`, with a
-deadline per attempt (so a server that drips bytes cannot hold a worker forever) and retries
-with exponential backoff and jitter on 5xx, 429, timeouts and broken connections; other 4xx,
-redirect loops and invalid bodies fail at once.
+Concurrent (a fixed pool of asyncio workers sharing one client), bounded by `concurrency`. The
+fetching is `data.fetch`'s: a deadline per attempt (so a server that drips bytes cannot hold a
+worker forever), retries with exponential backoff and jitter on 5xx, 429, timeouts and broken
+connections; other 4xx, redirect loops and invalid bodies fail at once.
 
 Every body is validated before it is kept: HTTP status, an `image/*` content type (or none),
-a size limit, and a full decode with `open_poster` (HTML error pages, truncated JPEGs and
-tracking pixels are rejected). A poster is written with a temp file and a rename, so a run
-killed at any moment leaves only complete posters; a rerun skips posters already present and
-valid and removes temp files left by a killed run. Each run writes `download-report.json`
-listing every failure with its reason.
+a size limit (by the fetcher), then a full decode with `open_poster` (HTML error pages,
+truncated JPEGs and tracking pixels are rejected). A poster is written with a temp file and a
+rename, so a run killed at any moment leaves only complete posters; a rerun skips posters
+already present and valid and removes temp files left by a killed run. Each run writes
+`download-report.json` listing every failure with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import pandas as pd
 
+from postergenre.data.fetch import FetchConfig, FetchError, fetch_async, is_url, make_client
 from postergenre.data.images import open_poster
 from postergenre.data.movies import read_labels
 from postergenre.errors import DatasetError, InvalidImageError
 from postergenre.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+
+if TYPE_CHECKING:
+    import httpx
 
 KAGGLE_COLUMNS = ("imdbId", "Imdb Link", "Title", "IMDB Score", "Genre", "Poster")
 REPORT_NAME = "download-report.json"
@@ -57,12 +60,21 @@ class Failure:
 
 @dataclass
 class DownloadConfig:
+    """`data download`'s settings; `fetch_config()` turns them into the fetcher's."""
+
     concurrency: int = 16  # simultaneous requests
     timeout: float = 30.0  # seconds per attempt, whole body included
     retries: int = 3  # extra attempts after a transient failure
     backoff: float = 0.5  # first retry delay in seconds, doubled each time (+-50% jitter)
     max_bytes: int = 5_000_000  # larger bodies are refused (real posters are ~15 kB)
     max_redirects: int = 5
+
+    def fetch_config(self) -> FetchConfig:
+        """`timeout` bounds both each read and the whole attempt."""
+        return FetchConfig(concurrency=self.concurrency, timeout=self.timeout,
+                           deadline=self.timeout, retries=self.retries, backoff=self.backoff,
+                           max_bytes=self.max_bytes, max_redirects=self.max_redirects,
+                           user_agent=USER_AGENT)
 
 
 @dataclass
@@ -99,7 +111,7 @@ def read_poster_links(path: str | os.PathLike) -> tuple[list[PosterLink], list[F
             reason = "invalid imdbId"
         elif not url:
             reason = "no poster URL"
-        elif not url.lower().startswith(("http://", "https://")):
+        elif not is_url(url):
             reason = f"not an http(s) URL: {url[:80]!r}"
         if reason:
             problems.append(Failure(imdb_id, title, url, reason, row))
@@ -112,12 +124,6 @@ def read_poster_links(path: str | os.PathLike) -> tuple[list[PosterLink], list[F
 
 
 # ---------------------------------------------------------------- downloading
-
-
-class _Fail(Exception):
-    def __init__(self, reason: str, retry: bool) -> None:
-        super().__init__(reason)
-        self.reason, self.retry = reason, retry
 
 
 def poster_path(out: Path, imdb_id: int) -> Path:
@@ -133,60 +139,9 @@ def _is_valid(path: Path) -> bool:
 
 
 def _validate_and_save(body: bytes, path: Path) -> None:
-    try:
-        open_poster(body)
-    except InvalidImageError as e:
-        raise _Fail(str(e).removeprefix("uploaded bytes: "), retry=False) from None
+    """Keep `body` at `path` if it decodes as a poster; InvalidImageError if not."""
+    open_poster(body)
     atomic_write_bytes(path, body)
-
-
-async def _get(client: httpx.AsyncClient, url: str, cfg: DownloadConfig) -> bytes:
-    """One attempt: the validated-so-far body, or _Fail saying why and whether to retry."""
-    try:
-        async with asyncio.timeout(cfg.timeout), client.stream("GET", url) as r:
-            if not r.is_success:
-                retry = r.status_code >= 500 or r.status_code == 429
-                raise _Fail(f"HTTP {r.status_code} {r.reason_phrase}".strip(), retry)
-            ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype and not ctype.startswith("image/") and ctype != "application/octet-stream":
-                raise _Fail(f"content type {ctype}, not an image", retry=False)
-            declared = r.headers.get("content-length", "")
-            if declared.isascii() and declared.isdigit() and int(declared) > cfg.max_bytes:
-                raise _Fail(f"body of {int(declared):,} bytes, over the "
-                            f"{cfg.max_bytes:,}-byte limit", retry=False)
-            body = bytearray()
-            async for chunk in r.aiter_bytes():
-                body += chunk
-                if len(body) > cfg.max_bytes:
-                    raise _Fail(f"body over the {cfg.max_bytes:,}-byte limit", retry=False)
-            return bytes(body)
-    except TimeoutError:
-        raise _Fail(f"timed out after {cfg.timeout:g}s", retry=True) from None
-    except httpx.TimeoutException as e:
-        raise _Fail(f"timed out ({type(e).__name__})", retry=True) from None
-    except httpx.TooManyRedirects:
-        raise _Fail(f"more than {cfg.max_redirects} redirects (a loop?)", retry=False) from None
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
-        raise _Fail(f"bad URL ({e})", retry=False) from None
-    except httpx.TransportError as e:
-        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        raise _Fail(f"connection error ({detail})", retry=True) from None
-
-
-async def _fetch(client: httpx.AsyncClient, link: PosterLink, path: Path,
-                 cfg: DownloadConfig) -> None:
-    """Download, validate and save one poster, retrying transient failures."""
-    for attempt in range(cfg.retries + 1):
-        try:
-            body = await _get(client, link.url, cfg)
-            await asyncio.to_thread(_validate_and_save, body, path)
-            return
-        except _Fail as e:
-            if not e.retry or attempt == cfg.retries:
-                if e.retry and cfg.retries:
-                    e.reason += f", after {cfg.retries + 1} attempts"
-                raise
-        await asyncio.sleep(cfg.backoff * 2**attempt * random.uniform(0.5, 1.5))
 
 
 def remove_partial_files(out: Path) -> int:
@@ -208,26 +163,18 @@ async def download_links(
     cfg = config or DownloadConfig()
     if cfg.concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    fetch_cfg = cfg.fetch_config()
     out = Path(out)
     ensure_writable_dir(out / "posters")
     remove_partial_files(out)
     summary = DownloadSummary(total=len(links))
     pending = iter(links)  # shared by the workers; each takes the next link when free
 
-    # One single-connection client per worker: the same keep-alive reuse as a shared pool,
-    # without httpcore's pool bookkeeping, which grows quadratically with the queue depth.
-    ssl_context = httpx.create_ssl_context()
-
-    async def worker() -> None:
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(cfg.timeout), verify=ssl_context, follow_redirects=True,
-            max_redirects=cfg.max_redirects, headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        ) as client:
-            for link in pending:
-                outcome = await process(client, link)
-                if on_done:
-                    on_done(outcome)
+    async def worker(client: httpx.AsyncClient) -> None:
+        for link in pending:
+            outcome = await process(client, link)
+            if on_done:
+                on_done(outcome)
 
     async def process(client: httpx.AsyncClient, link: PosterLink) -> str:
         path = poster_path(out, link.imdb_id)
@@ -235,14 +182,21 @@ async def download_links(
             summary.skipped += 1
             return "skipped"
         try:
-            await _fetch(client, link, path, cfg)
-        except _Fail as e:
-            summary.failures.append(Failure(link.imdb_id, link.title, link.url, e.reason))
-            return "failed"
-        summary.downloaded += 1
-        return "downloaded"
+            body = await fetch_async(client, link.url, fetch_cfg)
+            await asyncio.to_thread(_validate_and_save, body, path)
+        except FetchError as e:
+            reason = e.reason
+        except InvalidImageError as e:
+            reason = str(e).removeprefix("uploaded bytes: ")
+        else:
+            summary.downloaded += 1
+            return "downloaded"
+        summary.failures.append(Failure(link.imdb_id, link.title, link.url, reason))
+        return "failed"
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(cfg.concurrency, len(links))))))
+    async with make_client(fetch_cfg) as client:
+        workers = max(1, min(cfg.concurrency, len(links)))
+        await asyncio.gather(*(worker(client) for _ in range(workers)))
     order = {link.imdb_id: i for i, link in enumerate(links)}
     summary.failures.sort(key=lambda f: order[f.imdb_id])
     return summary
