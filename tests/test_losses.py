@@ -64,7 +64,7 @@ def test_rare_genre_weights_favour_rare_genres():
     assert w[0] > w[95] > w[5]
     assert np.allclose(rare_genre_weights(labels, power=0.0), 1.0)
     # with power 1, the rare genre is drawn about as often as the common one
-    sampler, drawn = EpochSampler(100, weights=w), np.zeros(3)
+    sampler, drawn = EpochSampler(100, labels, resample=1.0), np.zeros(3)
     for epoch in range(200):
         sampler.set_epoch(epoch)
         drawn += labels[list(sampler)].sum(axis=0)

@@ -24,7 +24,7 @@ from postergenre.progress import SILENT, Progress
 from postergenre.run import WEIGHTS, holds_run, load_run, load_weights, write_config
 from postergenre.train import distributed
 from postergenre.train.engine import run_epochs
-from postergenre.train.recipes import TrainConfig
+from postergenre.train.recipes import DECODE_WORKERS, FEATURES_HEAD, TrainConfig, check_config
 from postergenre.train.sources import SOURCES
 
 
@@ -41,10 +41,6 @@ def _check_out(out: Path, resume: bool, inputs: list[Path]) -> None:
                        "or choose another --out")
 
 
-# The head a features run gets unless told otherwise: the shipped model's first stage.
-FEATURES_HEAD = {"pool": "multi", "head": "mlp", "hidden": 256, "dropout": 0.6}
-
-
 def _build(config: TrainConfig, genres: list[str], dataset: str | Path
            ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model to train and the settings that rebuild it (the run's "model_kwargs"): a new
@@ -54,6 +50,9 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
     extra = {"backbone_weights": config.backbone_weights} if config.backbone_weights else {}
     from_init = config.mode == "finetune" and model_info(config.model).finetune_needs_init
     if config.mode == "features":
+        if "trainable_blocks" in kwargs:
+            raise PosterGenreError("--trainable-blocks: features training trains the head "
+                                   "only; drop the option")
         kwargs = {**FEATURES_HEAD, **kwargs, "flip_average": config.flip, "trainable_blocks": 0}
     elif config.mode == "finetune" and config.init and not from_init:
         raise PosterGenreError(f"{config.model} fine-tunes from its --backbone-weights, not "
@@ -86,7 +85,7 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
 
 def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None = None, *,
         resume: bool = False, device: str | None = None, progress: Progress = SILENT,
-        cache: bool = True, workers: int = 2, time_limit: float | None = None,
+        cache: bool = True, workers: int = DECODE_WORKERS, time_limit: float | None = None,
         backend: str = "auto", cache_root: str | Path | None = None, tensorboard: bool = False,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train `config` on DATASET into the run folder `out`; return a summary dict.
@@ -101,11 +100,9 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
         stored = load_run(out)
         config = TrainConfig.from_dict(stored.train_settings)
         dataset = stored.dataset
-    config = config or TrainConfig()
-    info = model_info(config.model)
-    if config.mode not in info.modes:
-        raise PosterGenreError(f"{config.model} cannot train in {config.mode} mode; it "
-                               f"supports: {', '.join(info.modes)}")
+    else:
+        config = config or TrainConfig()
+        check_config(config)  # a stored run's settings were checked when it started
     if dataset is None:
         raise PosterGenreError("no dataset given (--data)")
     if device is not None and device != "cpu" and not device.startswith("cuda"):
@@ -125,6 +122,9 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
 
     rank, world, dev = distributed.setup(device)
     try:
+        if world > 1 and config.mode != "end-to-end":
+            raise PosterGenreError(f"{config.mode} training runs in one process; DDP "
+                                   "(torchrun) trains end to end only")
         if config.batch_size % world:
             raise PosterGenreError(f"batch size {config.batch_size} must be a multiple of the "
                                    f"{world} processes")

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from postergenre.errors import PosterGenreError
-
-LOSSES = ("bce", "asl")
+from postergenre.train.recipes import LOSSES
 
 
 def positive_weights(labels: np.ndarray, power: float = 1.0, max_weight: float = 10.0
