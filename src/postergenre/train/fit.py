@@ -122,9 +122,6 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
 
     rank, world, dev = distributed.setup(device)
     try:
-        if world > 1 and config.mode != "end-to-end":
-            raise PosterGenreError(f"{config.mode} training runs in one process; DDP "
-                                   "(torchrun) trains end to end only")
         if config.batch_size % world:
             raise PosterGenreError(f"batch size {config.batch_size} must be a multiple of the "
                                    f"{world} processes")
