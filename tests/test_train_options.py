@@ -263,3 +263,42 @@ def test_every_default_in_the_train_help_is_the_librarys():
     assert f"features {MODE_DEFAULTS['features']['epochs']}" in text
     assert f"finetune {MODE_DEFAULTS['finetune']['lr']}" in text
     assert f"end-to-end {TrainConfig.patience}" in text
+
+
+def test_the_commands_defaults_are_the_librarys():
+    """Every default of `export`, `serve` and `data` is the one the library's function uses."""
+    import inspect
+
+    import typer.main
+
+    from postergenre.data.download import DownloadConfig
+    from postergenre.data.prepare import prepare_dataset
+    from postergenre.evaluate.int8 import quantize_run
+    from postergenre.export import export_onnx
+    from postergenre.serve import Limits, serve
+    from postergenre.serve.app import MB
+
+    command = typer.main.get_command(app)
+
+    def defaults(*path: str) -> dict[str, object]:
+        cmd = command
+        for name in path:
+            cmd = cmd.commands[name]
+        return {p.name: p.default for p in cmd.params}
+
+    def library(function) -> dict[str, object]:
+        return {k: p.default for k, p in inspect.signature(function).parameters.items()}
+
+    export, int8 = defaults("export"), library(quantize_run)
+    assert export["opset"] == library(export_onnx)["opset"]
+    assert (export["max_drop"], export["int8_split"]) == (int8["max_drop"], int8["split"])
+    served = defaults("serve")
+    assert {k: served[k] for k in ("host", "port", "log_level")} == {
+        k: library(serve)[k] for k in ("host", "port", "log_level")}
+    assert Limits() == Limits(int(served["max_upload_mb"] * MB), served["max_batch_files"])
+    download = defaults("data", "download")
+    assert DownloadConfig() == DownloadConfig(**{k: download[k] for k in (
+        "concurrency", "timeout", "retries", "max_bytes")})
+    prepare = defaults("data", "prepare")
+    assert {k: prepare[k] for k in ("seed", "val", "test")} == {
+        k: library(prepare_dataset)[k] for k in ("seed", "val", "test")}
