@@ -148,8 +148,8 @@ def train(
 
     The run folder gets config.json, weights.safetensors (best val macro AP), thresholds.json
     (per-genre, tuned on val), history.jsonl and checkpoint/ (for --resume). An option that
-    the chosen mode does not use is an error. Runs as is under `torchrun --nproc_per_node N`
-    for DDP (end-to-end).
+    the chosen mode or model does not use is an error. Runs as is under `torchrun
+    --nproc_per_node N` for DDP (end-to-end).
     """
     from postergenre.cli.progress import RichProgress
     from postergenre.train.fit import fit
