@@ -184,6 +184,10 @@ LITE = ["--model", "efficientnet-lite0", "--model-arg", "input_size=[64,48]"]
      "--trainable-blocks: features training trains the head only; drop the option"),
     (["--model", "custom-cnn", "--mode", "finetune"],
      "--mode finetune: custom-cnn cannot train in finetune mode; it supports: end-to-end"),
+    ([*LITE, "--mode", "features", "--no-cache"],
+     "--no-cache does not apply to features training; drop the option"),
+    ([*LITE, "--mode", "features", "--workers", "4"],
+     "--workers does not apply to features training; drop the option"),
 ])
 def test_an_option_the_model_or_mode_cannot_honour_is_refused_by_the_command(
         dataset, tmp_path, monkeypatch, capsys, extra, expected):
@@ -218,6 +222,8 @@ def test_the_python_api_refuses_what_the_command_refuses(dataset, tmp_path):
             mode="features", model="efficientnet-lite0", model_kwargs={"trainable_blocks": 1}))
     with pytest.raises(PosterGenreError, match="^--mode features: custom-cnn cannot train"):
         fit(dataset, tmp_path / "r", TrainConfig(mode="features"))
+    with pytest.raises(PosterGenreError, match="^--backend does not apply to end-to-end"):
+        fit(dataset, tmp_path / "r", TrainConfig(), backend="onnx")
     assert not (tmp_path / "r").exists()
     # vgg16 fine-tunes without drop-connect by default, from Python as from the command
     assert make_config(mode="finetune", model="vgg16").drop_connect == 0.0

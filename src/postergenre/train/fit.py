@@ -103,6 +103,8 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
     else:
         config = config or TrainConfig()
         check_config(config)  # a stored run's settings were checked when it started
+    _check_options(config.mode, cache=cache, workers=workers, backend=backend,
+                   cache_root=cache_root)
     if dataset is None:
         raise PosterGenreError("no dataset given (--data)")
     if device is not None and device != "cpu" and not device.startswith("cuda"):
@@ -158,6 +160,17 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
     return {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
             "best_val_macro_ap": state["best"], "seconds": state["seconds"], "world": world,
             "device": str(dev), "mode": config.mode, "stopped": state.get("stopped")}
+
+
+def _check_options(mode: str, **given: Any) -> None:
+    """fit's own options that `mode` would ignore: end-to-end decodes posters (`cache`,
+    `workers`), the cached modes extract features (`backend`, `cache_root`)."""
+    unused = ({"backend": "auto", "cache_root": None} if mode == "end-to-end" else
+              {"cache": True, "workers": DECODE_WORKERS})
+    for name, default in unused.items():
+        if given[name] != default:
+            flag = "--no-cache" if name == "cache" else f"--{name.replace('_', '-')}"
+            raise PosterGenreError(f"{flag} does not apply to {mode} training; drop the option")
 
 
 def _tensorboard(out: Path):
