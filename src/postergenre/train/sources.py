@@ -8,14 +8,15 @@ computes its logits, and what trains.
   cached_trunk     the frozen trunk's output (the map before the last N blocks) of every
                    poster and its mirror image, cached once, through the last blocks and head.
 
-Every mode draws its epochs from the one `EpochSampler` (sampling.py): the same seed
-formula and `--resample` everywhere. Under torchrun, end_to_end shards each epoch across the
-ranks (DDP); the cached modes share the feature extraction across ranks, then every rank
-trains the same small tail on the whole epoch (unsharded sampler, same seed, same result) and
-rank 0 writes it. Each takes the model (built by fit.py),
-the train and val splits and the settings, and returns a `Source`. The model says how to cut
-it (`features`, `trunk_features`, `tail_logits`, see models/registry.py), so no mode tests a
-model's name.
+Each takes the model (built by fit.py), the train and val splits and the settings, and returns
+a `Source`. The model says how to cut it (`features`, `trunk_features`, `tail_logits`, see
+models/registry.py), so no mode tests a model's name.
+
+Every mode draws its epochs from the one `EpochSampler` (sampling.py, built by `sampler_of`):
+the same seed formula and `--resample` everywhere. Under torchrun, end_to_end shards each
+epoch across the ranks (DDP); the cached modes share the feature extraction across ranks, then
+every rank trains the same small tail on the whole epoch (unsharded, same seed, same result)
+and rank 0 writes it.
 """
 
 from __future__ import annotations
