@@ -69,8 +69,8 @@ def train(
     recipe: str = typer.Option(None, "--recipe", help=f"Named settings: {', '.join(RECIPES)} "
                                "(the original project's). Options given override it. "
                                "seed-vgg16 on a CPU trains finetune (no augmentation on a "
-                               "cached trunk); its 50 augmented end-to-end epochs (--mode "
-                               "end-to-end) are meant for a GPU."),
+                               "cached trunk); end to end (--mode end-to-end), augmented, it "
+                               "is meant for a GPU."),
     epochs: int = typer.Option(None, help=f"Epochs ({describe_default('epochs')})."),
     batch_size: int = typer.Option(None, help="Global batch size, split across processes "
                                    f"({describe_default('batch_size')})."),

@@ -139,8 +139,7 @@ def describe_default(name: str) -> str:
     mode's ("end-to-end 30, features 100, finetune 8"), then each recipe's that differs from
     end-to-end's (the originals trained end to end)."""
     def text(value: Any) -> str:
-        return {True: "on", False: "off", None: "none"}.get(value, str(value)) \
-            if isinstance(value, bool) or value is None else str(value)
+        return "on" if value is True else "off" if value is False else str(value)
 
     modes = {m: mode_default(m, name) for m in MODES if name in MODE_OPTIONS[m]}
     values = set(map(text, modes.values()))
