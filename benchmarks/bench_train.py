@@ -79,7 +79,7 @@ def main() -> None:
                              "the same posters in this run (benchmarks/bench_keras.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = make_config(args.recipe, model=args.model, epochs=args.epochs,
+    config = make_config(args.recipe, "end-to-end", model=args.model, epochs=args.epochs,
                          precision=args.precision)
     out = args.out or Path("runs") / f"bench-{config.model}"
     full_train = load_split(args.data, "train").labels  # the prior: full train frequencies

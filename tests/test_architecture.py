@@ -1,6 +1,6 @@
 """The package's layers: no module imports a module of a higher layer (lazy imports included).
 
-    core (errors, io, paths, progress, genres) <- data <- models, run <- backends, export
+    core (errors, io, paths, progress, genres, defaults) <- data <- models, run <- backends, export
         <- train, evaluate <- predict, scoring, explain <- serve, cli
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "postergenre"
 LAYERS = [
-    {"errors", "io", "paths", "progress", "genres", ""},
+    {"errors", "io", "paths", "progress", "genres", "defaults", ""},
     {"data"},
     {"models", "run"},
     {"backends", "export"},

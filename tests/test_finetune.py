@@ -100,6 +100,18 @@ def test_resume_continues_a_killed_run_to_the_same_weights(dataset, head_run, tm
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_resampling_reaches_the_cached_trunk(dataset, head_run, tmp_path):
+    """--resample draws the finetune epochs too (the one epoch sampler of every mode)."""
+    options = dict(trainable_blocks=1, epochs=1, batch_size=8, lr=1e-2)
+    plain, again, resampled = (
+        load_file(str(train_finetune(dataset, tmp_path / name, head_run, **options, **extra)
+                      / "weights.safetensors"))
+        for name, extra in (("plain", {}), ("again", {}), ("resampled", {"resample": 1.0})))
+    assert all(np.array_equal(plain[k], again[k]) for k in plain)  # same seed, same run
+    assert not all(np.array_equal(plain[k], resampled[k]) for k in plain)
+    assert load_run(tmp_path / "resampled").train_settings["resample"] == 1.0
+
+
 def test_bad_starting_points_are_refused(dataset, head_run, tmp_path):
     with pytest.raises(PosterGenreError, match="blocks must be between"):
         train_finetune(dataset, tmp_path / "a", head_run, trainable_blocks=0)

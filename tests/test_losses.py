@@ -64,7 +64,7 @@ def test_rare_genre_weights_favour_rare_genres():
     assert w[0] > w[95] > w[5]
     assert np.allclose(rare_genre_weights(labels, power=0.0), 1.0)
     # with power 1, the rare genre is drawn about as often as the common one
-    sampler, drawn = EpochSampler(100, weights=w), np.zeros(3)
+    sampler, drawn = EpochSampler(100, labels, resample=1.0), np.zeros(3)
     for epoch in range(200):
         sampler.set_epoch(epoch)
         drawn += labels[list(sampler)].sum(axis=0)
@@ -86,3 +86,25 @@ def test_epoch_sampler_shards_the_single_process_batches():
     assert sorted(single) == list(range(n))
     one.set_epoch(3)
     assert list(one) != single
+
+
+def test_the_features_mode_draws_its_epochs_from_the_epoch_sampler():
+    from torch import nn
+
+    from postergenre.train.recipes import TrainConfig
+    from postergenre.train.sources import head_on_arrays
+
+    labels = np.zeros((100, 3), np.float32)
+    labels[:90, 0], labels[90:, 1] = 1, 1  # a common genre and a rare one
+    x = np.arange(100, dtype=np.float32)[:, None]  # each row is its own index
+    config = TrainConfig(model="efficientnet-lite0", mode="features", resample=1.0, seed=7,
+                         batch_size=16)
+    head = nn.Linear(1, 3)
+    source = head_on_arrays(head, head, x, labels, x[:5], labels[:5], config, ["a", "b", "c"])
+    sampler = EpochSampler(100, labels, resample=1.0, seed=7)
+    drawn = np.zeros(3)
+    for epoch in range(50):
+        rows = np.concatenate([b[0][:, 0].numpy() for b in source.batches(epoch)]).astype(int)
+        assert np.array_equal(rows, sampler.draw(epoch)[0])  # same seed formula, same order
+        drawn += labels[rows].sum(axis=0)
+    assert 0.5 < drawn[1] / drawn[0] < 2.0  # resampled: the rare genre as often as the common

@@ -118,7 +118,7 @@ def test_recipes_and_overrides():
     custom = make_config("seed-custom")  # the notebook: Adam 1e-3, batch 64, 30 epochs, plain
     assert (custom.optimizer, custom.lr, custom.batch_size, custom.epochs, custom.augment,
             custom.weight_decay, custom.patience) == ("adam", 1e-3, 64, 30, False, 0.0, 0)
-    vgg = make_config("seed-vgg16", epochs=2)
+    vgg = make_config("seed-vgg16", "end-to-end", epochs=2)
     assert (vgg.model, vgg.optimizer, vgg.lr, vgg.epochs, vgg.batch_size, vgg.augment) == (
         "vgg16", "rmsprop", 1e-4, 2, 64, True)
     assert RECIPES["seed-custom"]["epochs"] == 30

@@ -157,3 +157,154 @@ def test_a_damaged_run_folder_is_one_line_naming_the_file(tmp_path, damage, expe
     message = str(result.exception) if isinstance(result.exception, PosterGenreError) else ""
     assert result.exit_code == 1 and expected in message + result.output, \
         (message, result.output)
+
+
+def postergenre(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                *args: str) -> tuple[int, str]:
+    """The installed command's entry point (`postergenre.cli.main`): exit code and stderr."""
+    from postergenre.cli import main
+
+    monkeypatch.setattr("sys.argv", ["postergenre", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+LITE = ["--model", "efficientnet-lite0", "--model-arg", "input_size=[64,48]"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--model", "vgg16", "--mode", "finetune", "--drop-connect", "0.1"],
+     "--drop-connect: vgg16 has no drop-connect; drop the option"),
+    (["--recipe", "seed-vgg16", "--mode", "finetune", "--drop-connect", "0.2"],
+     "--drop-connect: vgg16 has no drop-connect; drop the option"),
+    ([*LITE, "--mode", "features", "--trainable-blocks", "1"],
+     "--trainable-blocks does not apply to features training; drop the option"),
+    ([*LITE, "--mode", "features", "--model-arg", "trainable_blocks=1"],
+     "--trainable-blocks: features training trains the head only; drop the option"),
+    (["--model", "custom-cnn", "--mode", "finetune"],
+     "--mode finetune: custom-cnn cannot train in finetune mode; it supports: end-to-end"),
+    ([*LITE, "--mode", "features", "--no-cache"],
+     "--no-cache does not apply to features training; drop the option"),
+    ([*LITE, "--mode", "features", "--workers", "4"],
+     "--workers does not apply to features training; drop the option"),
+])
+def test_an_option_the_model_or_mode_cannot_honour_is_refused_by_the_command(
+        dataset, tmp_path, monkeypatch, capsys, extra, expected):
+    out = tmp_path / "run"
+    code, err = postergenre(monkeypatch, capsys, "train", "--data", str(dataset), "--out",
+                            str(out), "--no-progress", *extra)
+    assert code == 1 and err == f"error: {expected}\n", err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_bad_value_is_a_usage_error_of_the_command(dataset, tmp_path, monkeypatch, capsys):
+    code, err = postergenre(monkeypatch, capsys, "train", "--data", str(dataset), "--out",
+                            str(tmp_path / "r"), "--resample", "lots")
+    assert code == 2 and "--resample" in err
+
+
+def test_the_python_api_refuses_what_the_command_refuses(dataset, tmp_path):
+    from postergenre.train.fit import fit
+    from postergenre.train.recipes import TrainConfig, make_config
+
+    with pytest.raises(PosterGenreError, match="^--drop-connect: vgg16 has no drop-connect"):
+        make_config(mode="finetune", model="vgg16", drop_connect=0.1)
+    with pytest.raises(PosterGenreError, match="^--drop-connect: vgg16 has no drop-connect"):
+        fit(dataset, tmp_path / "r", TrainConfig(model="vgg16", mode="finetune",
+                                                 drop_connect=0.1, trainable_blocks=1))
+    with pytest.raises(PosterGenreError, match="^--augment does not apply to features"):
+        TrainConfig(model="efficientnet-lite0", mode="features", augment=True)
+    with pytest.raises(PosterGenreError, match="^--trainable-blocks does not apply to feat"):
+        make_config(mode="features", model="efficientnet-lite0", trainable_blocks=1)
+    with pytest.raises(PosterGenreError, match="^--trainable-blocks: features training"):
+        fit(dataset, tmp_path / "r", make_config(
+            mode="features", model="efficientnet-lite0", model_kwargs={"trainable_blocks": 1}))
+    with pytest.raises(PosterGenreError, match="^--mode features: custom-cnn cannot train"):
+        fit(dataset, tmp_path / "r", TrainConfig(mode="features"))
+    with pytest.raises(PosterGenreError, match="^--backend does not apply to end-to-end"):
+        fit(dataset, tmp_path / "r", TrainConfig(), backend="onnx")
+    assert not (tmp_path / "r").exists()
+    # vgg16 fine-tunes without drop-connect by default, from Python as from the command
+    assert make_config(mode="finetune", model="vgg16").drop_connect == 0.0
+    assert make_config(mode="finetune", model="efficientnet-lite0").drop_connect > 0
+
+
+def test_a_stored_run_keeps_only_the_settings_its_mode_reads():
+    from postergenre.train.recipes import TrainConfig
+
+    stored = {**TrainConfig(mode="features", model="efficientnet-lite0").to_dict(),
+              "drop_connect": 0.2, "trainable_blocks": 3}  # an older run's unread settings
+    config = TrainConfig.from_dict(stored)
+    assert (config.drop_connect, config.trainable_blocks) == (0.0, 2)
+
+
+def test_python_and_the_command_make_the_same_run(dataset, tmp_path, monkeypatch, capsys):
+    """`postergenre train --model M` and `fit(data, out, make_config(model=M))` pick the same
+    mode (the model's default on this device) and store the same settings."""
+    from postergenre.train.fit import fit
+    from postergenre.train.recipes import make_config
+
+    code, err = postergenre(monkeypatch, capsys, "train", "--data", str(dataset), "--out",
+                            str(tmp_path / "cli"), *LITE, "--hidden", "4", "--epochs", "1",
+                            "--no-progress")
+    assert code in (0, None), err
+    fit(dataset, tmp_path / "api", make_config(
+        model="efficientnet-lite0", model_kwargs={"input_size": [64, 48], "hidden": 4},
+        epochs=1))
+    cli, api = load_run(tmp_path / "cli"), load_run(tmp_path / "api")
+    assert cli.train_settings == api.train_settings
+    assert cli.config.model_kwargs == api.config.model_kwargs
+    import torch
+
+    assert cli.train_settings["mode"] == ("end-to-end" if torch.cuda.is_available()
+                                          else "features")
+
+
+def test_every_default_in_the_train_help_is_the_librarys():
+    from postergenre.train.recipes import MODE_DEFAULTS, TrainConfig
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    text = " ".join(result.output.split())
+    assert f"features {MODE_DEFAULTS['features']['epochs']}" in text
+    assert f"finetune {MODE_DEFAULTS['finetune']['lr']}" in text
+    assert f"end-to-end {TrainConfig.patience}" in text
+
+
+def test_the_commands_defaults_are_the_librarys():
+    """Every default of `export`, `serve` and `data` is the one the library's function uses."""
+    import inspect
+
+    import typer.main
+
+    from postergenre.data.download import DownloadConfig
+    from postergenre.data.prepare import prepare_dataset
+    from postergenre.evaluate.int8 import quantize_run
+    from postergenre.export import export_onnx
+    from postergenre.serve import Limits, serve
+    from postergenre.serve.app import MB
+
+    command = typer.main.get_command(app)
+
+    def defaults(*path: str) -> dict[str, object]:
+        cmd = command
+        for name in path:
+            cmd = cmd.commands[name]
+        return {p.name: p.default for p in cmd.params}
+
+    def library(function) -> dict[str, object]:
+        return {k: p.default for k, p in inspect.signature(function).parameters.items()}
+
+    export, int8 = defaults("export"), library(quantize_run)
+    assert export["opset"] == library(export_onnx)["opset"]
+    assert (export["max_drop"], export["int8_split"]) == (int8["max_drop"], int8["split"])
+    served = defaults("serve")
+    assert {k: served[k] for k in ("host", "port", "log_level")} == {
+        k: library(serve)[k] for k in ("host", "port", "log_level")}
+    assert Limits() == Limits(int(served["max_upload_mb"] * MB), served["max_batch_files"])
+    download = defaults("data", "download")
+    assert DownloadConfig() == DownloadConfig(**{k: download[k] for k in (
+        "concurrency", "timeout", "retries", "max_bytes")})
+    prepare = defaults("data", "prepare")
+    assert {k: prepare[k] for k in ("seed", "val", "test")} == {
+        k: library(prepare_dataset)[k] for k in ("seed", "val", "test")}

@@ -74,7 +74,7 @@ def test_the_trunk_cache_key_names_the_frozen_weights_and_the_normalisation():
 
 
 def test_the_recipe_on_a_cpu_is_the_original_optimiser_on_the_cached_trunk():
-    cpu, gpu = make_config("seed-vgg16", "finetune"), make_config("seed-vgg16")
+    cpu, gpu = make_config("seed-vgg16", device="cpu"), make_config("seed-vgg16", device="cuda")
     assert (cpu.optimizer, cpu.lr, cpu.batch_size, cpu.loss, cpu.epochs, cpu.augment,
             cpu.trainable_blocks, cpu.drop_connect) == ("rmsprop", 1e-4, 64, "bce", 50, False,
                                                         1, 0.0)

@@ -281,8 +281,9 @@ def test_a_trained_run_keeps_the_normalisation_of_its_weights(tmp_path, referenc
 
     data = make_small_dataset(tmp_path, ["Action", "Comedy", "Drama"], (8, 4, 2))
     h5 = write_keras_h5(tmp_path / "notop.h5", reference)
-    config = make_config(model="vgg16", model_kwargs={"input_size": [32, 32]}, epochs=1,
-                         batch_size=4, patience=0, backbone_weights=str(h5))
+    config = make_config(model="vgg16", mode="end-to-end",
+                         model_kwargs={"input_size": [32, 32]}, epochs=1, batch_size=4,
+                         patience=0, backbone_weights=str(h5))
     fit(data, tmp_path / "run", config)
     run = load_run(tmp_path / "run")
     assert run.config.model_kwargs["normalization"] == "caffe"  # on record in config.json

@@ -24,15 +24,11 @@ from torch import nn
 
 from postergenre.backends import INPUT, OUTPUT, make_session
 from postergenre.data.images import load_poster_batch
+from postergenre.defaults import MAX_OPSET, MIN_OPSET, ONNX_OPSET
 from postergenre.errors import RunError
 from postergenre.io import atomic_write_bytes, atomic_write_json
 from postergenre.paths import cache_dir
 from postergenre.run import INT8_CARD, WEIGHTS, Run
-
-OPSET = 17  # the default; the exporter accepts MIN_OPSET..MAX_OPSET
-MIN_OPSET, MAX_OPSET = 9, 20
-MAX_AP_DROP = 0.005  # the most held-out macro AP an int8 graph may lose
-INT8_SPLITS = ("val", "test")  # where the check may score: posters the run did not train on
 
 
 class _WithSigmoid(nn.Module):
@@ -47,7 +43,7 @@ class _WithSigmoid(nn.Module):
 
 
 def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[int, int],
-                 input_name: str = INPUT, output_name: str = OUTPUT, opset: int = OPSET,
+                 input_name: str = INPUT, output_name: str = OUTPUT, opset: int = ONNX_OPSET,
                  metadata: dict[str, str] | None = None) -> Path:
     """Write `module` ((N, 3, H, W) in, one tensor out) as an ONNX graph with a dynamic batch
     axis, atomically; `metadata` goes into the graph's metadata_props.
@@ -84,7 +80,7 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int],
-                opset: int = OPSET, metadata: dict[str, str] | None = None) -> Path:
+                opset: int = ONNX_OPSET, metadata: dict[str, str] | None = None) -> Path:
     """Write `model` (logits out) as an ONNX graph returning probabilities, atomically."""
     return export_graph(_WithSigmoid(model), path, input_size, opset=opset, metadata=metadata)
 
@@ -167,7 +163,7 @@ def run_fingerprint(run: Run) -> str:
 
 def cached_onnx(run: Run) -> Path:
     """The run's fp32 ONNX graph in the cache, exported on first use."""
-    name = f"{run.model_name}-{run_fingerprint(run)}-opset{OPSET}.onnx"
+    name = f"{run.model_name}-{run_fingerprint(run)}-opset{ONNX_OPSET}.onnx"
     path = cache_dir() / "onnx" / name
     if not path.is_file():
         export_onnx(run.build_model(), path, run.input_size, metadata=run_metadata(run))

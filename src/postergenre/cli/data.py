@@ -6,6 +6,16 @@ from pathlib import Path
 
 import typer
 
+from postergenre.defaults import (
+    DOWNLOAD_CONCURRENCY,
+    DOWNLOAD_RETRIES,
+    DOWNLOAD_TIMEOUT,
+    MAX_POSTER_BYTES,
+    SPLIT_SEED,
+    TEST_SHARE,
+    VAL_SHARE,
+)
+
 app = typer.Typer(help="Download posters, prepare a dataset, show its statistics.",
                   no_args_is_help=True)
 
@@ -18,11 +28,14 @@ def download(
                                     help="MovieGenre.csv in the Kaggle 6-column format."),
     out: Path = typer.Option(..., "--out", "-o",
                              help="Output folder; posters go to OUT/posters/<imdbId>.jpg."),
-    concurrency: int = typer.Option(16, min=1, max=512, help="Simultaneous requests."),
-    timeout: float = typer.Option(30.0, min=0.1, help="Seconds allowed per attempt."),
-    retries: int = typer.Option(3, min=0, help="Retries on 5xx, timeouts and broken "
-                                               "connections (exponential backoff)."),
-    max_bytes: int = typer.Option(5_000_000, min=1, help="Largest poster accepted, in bytes."),
+    concurrency: int = typer.Option(DOWNLOAD_CONCURRENCY, min=1, max=512,
+                                    help="Simultaneous requests."),
+    timeout: float = typer.Option(DOWNLOAD_TIMEOUT, min=0.1,
+                                  help="Seconds allowed per attempt."),
+    retries: int = typer.Option(DOWNLOAD_RETRIES, min=0, help="Retries on 5xx, timeouts and "
+                                "broken connections (exponential backoff)."),
+    max_bytes: int = typer.Option(MAX_POSTER_BYTES, min=1,
+                                  help="Largest poster accepted, in bytes."),
 ) -> None:
     """Download every poster of a Kaggle MovieGenre.csv, validated, resumable and crash-safe.
 
@@ -72,10 +85,11 @@ def prepare(
                                  help="Folder of posters named <imdbId>.jpg."),
     out: Path = typer.Option(..., "--out", "-o", metavar="DATASET",
                              help="Output dataset folder (created if needed)."),
-    seed: int = typer.Option(0, help="Seed of the stratified split (same seed, same split)."),
-    val: float = typer.Option(0.15, min=0.0, max=0.99, help="Share of movies in val."),
-    test: float = typer.Option(0.15, min=0.0, max=0.99, help="Share of movies in test; "
-                                                             "train gets the rest."),
+    seed: int = typer.Option(SPLIT_SEED, help="Seed of the stratified split (same seed, same "
+                             "split)."),
+    val: float = typer.Option(VAL_SHARE, min=0.0, max=0.99, help="Share of movies in val."),
+    test: float = typer.Option(TEST_SHARE, min=0.0, max=0.99, help="Share of movies in test; "
+                               "train gets the rest."),
     workers: int = typer.Option(0, min=0, help="Threads decoding posters (0: one per core)."),
 ) -> None:
     """Clean labels against posters, multi-hot encode, split train/val/test by iterative

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from postergenre.defaults import INT8_MAX_AP_DROP, INT8_SPLITS, MAX_OPSET, MIN_OPSET, ONNX_OPSET
 from postergenre.errors import PosterGenreError
 
 
@@ -16,7 +17,8 @@ def export(
         help="The run folder to export (omit it for the shipped model), then the output file.",
     ),
     onnx: bool = typer.Option(True, "--onnx", help="Write an ONNX graph (the only format)."),
-    opset: int = typer.Option(17, help="ONNX opset version (9 to 20)."),
+    opset: int = typer.Option(ONNX_OPSET, help=f"ONNX opset version ({MIN_OPSET} to "
+                              f"{MAX_OPSET})."),
     check: bool = typer.Option(True, "--check/--no-check",
                                help="Compare the graph with PyTorch on random posters."),
     int8: Path | None = typer.Option(
@@ -25,8 +27,10 @@ def export(
              "drops by at most --max-drop; the run then uses it for prediction.",
     ),
     int8_split: str = typer.Option(
-        "val", help="Split the --int8 check scores: val, or test for a run that trained on val."),
-    max_drop: float = typer.Option(0.005, help="Largest macro AP loss allowed for --int8."),
+        INT8_SPLITS[0], help=f"Split the --int8 check scores: {' or '.join(INT8_SPLITS)} (test "
+                             "for a run that trained on val)."),
+    max_drop: float = typer.Option(INT8_MAX_AP_DROP,
+                                   help="Largest macro AP loss allowed for --int8."),
 ) -> None:
     """Export a run's model as one ONNX graph, for onnxruntime or any ONNX runtime.
 
@@ -73,7 +77,6 @@ def _export_int8(run, out: Path, dataset: Path, split: str, max_drop: float) -> 
 
     from postergenre.data.dataset import load_split
     from postergenre.evaluate.int8 import quantize_run
-    from postergenre.export import INT8_SPLITS
     from postergenre.io import atomic_write_bytes
     from postergenre.run import INT8_CARD
 

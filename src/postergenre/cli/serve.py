@@ -7,18 +7,28 @@ from pathlib import Path
 import typer
 
 from postergenre.backends import BACKEND_HELP
+from postergenre.defaults import (
+    MAX_BATCH_FILES,
+    MAX_UPLOAD_MB,
+    SERVE_HOST,
+    SERVE_LOG_LEVEL,
+    SERVE_PORT,
+)
 
 
 def serve(
     model: Path | None = typer.Option(
         None, "--model", help="Run folder to serve (default: the model shipped with the package)."
     ),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, min=0, max=65535, help="TCP port to listen on."),
+    host: str = typer.Option(SERVE_HOST, help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(SERVE_PORT, min=0, max=65535, help="TCP port to listen on."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
-    max_upload_mb: float = typer.Option(10.0, min=0.001, help="Largest accepted poster file, MB."),
-    max_batch_files: int = typer.Option(16, min=1, help="Most files in one /predict/batch call."),
-    log_level: str = typer.Option("info", help="uvicorn log level (warning: no access log)."),
+    max_upload_mb: float = typer.Option(MAX_UPLOAD_MB, min=0.001,
+                                        help="Largest accepted poster file, MB."),
+    max_batch_files: int = typer.Option(MAX_BATCH_FILES, min=1,
+                                        help="Most files in one /predict/batch call."),
+    log_level: str = typer.Option(SERVE_LOG_LEVEL,
+                                  help="uvicorn log level (warning: no access log)."),
 ) -> None:
     """Serve the model over HTTP, with a page at / to try it in a browser.
 

@@ -10,7 +10,18 @@ import typer
 
 from postergenre.errors import PosterGenreError
 from postergenre.pipeline import PIPELINES
-from postergenre.train.recipes import LOSSES, MODES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from postergenre.train.recipes import (
+    DECODE_WORKERS,
+    FEATURES_HEAD,
+    LOSSES,
+    MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULES,
+    TrainConfig,
+    describe_default,
+)
 
 
 def _model_kwargs(items: list[str]) -> dict:
@@ -45,49 +56,58 @@ def _freeze_alias(value: str) -> tuple[str | None, int | None]:
 def train(
     data: Path = typer.Option(None, "--data", help="Dataset folder made by `data prepare`."),
     model: str = typer.Option(None, "--model", help="Model name: custom-cnn, vgg16, "
-                              "efficientnet-lite0/1/2. Default: the recipe's, else custom-cnn."),
+                              "efficientnet-lite0/1/2. Default: the recipe's, else the --init "
+                              f"run's, else {TrainConfig.model}."),
     out: Path = typer.Option(..., "--out", help="Run folder to create (or to continue with "
                              "--resume)."),
     mode: str = typer.Option(None, "--mode", help=f"{' | '.join(MODES)}. end-to-end: every "
                              "poster through the whole network (augmentation, DDP, CUDA); "
                              "features: a head on cached frozen-backbone features (fast on a "
-                             "CPU; efficientnet's default on a CPU); finetune: the last blocks "
-                             "of a features run (--init) on a cached trunk; vgg16 (its default "
-                             "on a CPU): block 5 and the head on blocks 1-4's cached output."),
+                             "CPU); finetune: the last blocks of a features run (--init) on a "
+                             "cached trunk (vgg16: block 5 and the head on blocks 1-4's cached "
+                             "output). Default: finetune with --init, else the model's own "
+                             "default mode on the device (its registry entry)."),
     recipe: str = typer.Option(None, "--recipe", help=f"Named settings: {', '.join(RECIPES)} "
                                "(the original project's). Options given override it. "
                                "shipped: every stage of the shipped model's card into --out "
                                "(OUT/final is the model; rerun the same command to resume; "
                                "takes only --data, --out, --time-limit). "
                                "seed-vgg16 on a CPU trains finetune (no augmentation on a "
-                               "cached trunk); its 50 augmented end-to-end epochs (--mode "
-                               "end-to-end) are meant for a GPU."),
-    epochs: int = typer.Option(None, help="Epochs (end-to-end 30, seed-vgg16 50; features "
-                               "100 with early stopping; finetune 8)."),
+                               "cached trunk); end to end (--mode end-to-end), augmented, it "
+                               "is meant for a GPU."),
+    epochs: int = typer.Option(None, help=f"Epochs ({describe_default('epochs')})."),
     batch_size: int = typer.Option(None, help="Global batch size, split across processes "
-                                   "(64; features 256)."),
-    optimizer: str = typer.Option(None, help=f"{' | '.join(OPTIMIZERS)} (default adamw)."),
-    lr: float = typer.Option(None, help="Learning rate (1e-3; features 3e-4; finetune 1e-4)."),
-    weight_decay: float = typer.Option(None, help="Weight decay (0.01; features 0.1; "
-                                       "finetune 0.05)."),
-    schedule: str = typer.Option(None, help=f"{' | '.join(SCHEDULES)} (cosine; features "
-                                 "constant; finetune onecycle)."),
-    loss: str = typer.Option(None, help=f"{' | '.join(LOSSES)} (bce; asl: Asymmetric Loss)."),
+                                   f"({describe_default('batch_size')})."),
+    optimizer: str = typer.Option(None, help=f"{' | '.join(OPTIMIZERS)} "
+                                  f"({describe_default('optimizer')})."),
+    lr: float = typer.Option(None, help=f"Learning rate ({describe_default('lr')})."),
+    weight_decay: float = typer.Option(None, help="Weight decay "
+                                       f"({describe_default('weight_decay')})."),
+    schedule: str = typer.Option(None, help=f"{' | '.join(SCHEDULES)} "
+                                 f"({describe_default('schedule')})."),
+    loss: str = typer.Option(None, help=f"{' | '.join(LOSSES)}; asl: Asymmetric Loss "
+                             f"({describe_default('loss')})."),
     pos_weight: bool = typer.Option(None, "--pos-weight/--no-pos-weight",
-                                    help="Weight each genre's positives by neg/pos (max 10)."),
-    resample: float = typer.Option(None, help="Rare-genre resampling power (0 off, 0.5 "
-                                   "mild, 1 balanced)."),
+                                    help="Weight each genre's positives by neg/pos (at most "
+                                    f"{TrainConfig.pos_weight_max:g}; "
+                                    f"{describe_default('pos_weight')})."),
+    resample: float = typer.Option(None, help="Rare-genre resampling power, in every mode "
+                                   "(0 off, 0.5 mild, 1 balanced; "
+                                   f"{describe_default('resample')})."),
     augment: bool = typer.Option(None, "--augment/--no-augment", help="end-to-end: the "
-                                 "original augmentation (rotate, zoom, shift, shear, flip); on "
-                                 "for seed-vgg16 end to end, off for seed-custom (the notebook)."),
+                                 "original augmentation (rotate, zoom, shift, shear, flip; "
+                                 f"{describe_default('augment')})."),
     precision: str = typer.Option(None, help=f"end-to-end: {' | '.join(PRECISIONS)} for the "
                                   "forward pass (auto: bfloat16 where the CPU or GPU runs it "
-                                  "natively, else fp32; weights stay fp32)."),
+                                  "natively, else fp32; weights stay fp32; "
+                                  f"{describe_default('precision')})."),
     flip: bool = typer.Option(None, "--flip/--no-flip", help="features: train on mirrored "
-                              "posters too and average both at prediction."),
+                              "posters too and average both at prediction "
+                              f"({describe_default('flip')})."),
     patience: int = typer.Option(None, help="Early stopping: epochs without a better val macro "
-                                 "AP (0 never; default 5, features 8, recipes and finetune 0)."),
-    seed: int = typer.Option(None, help="Random seed: same seed, same run (default 0)."),
+                                 f"AP, 0 never ({describe_default('patience')})."),
+    seed: int = typer.Option(None, help="Random seed: same seed, same run "
+                             f"({describe_default('seed')})."),
     model_arg: list[str] = typer.Option([], "--model-arg", help="Model setting KEY=VALUE "
                                         "(JSON value), repeatable, e.g. input_size=[100,75]."),
     backbone_weights: Path = typer.Option(None, "--backbone-weights", help="vgg16: a local "
@@ -99,17 +119,23 @@ def train(
     init: Path = typer.Option(None, "--init", help="finetune: the features run to start "
                               "from (implies --mode finetune)."),
     trainable_blocks: int = typer.Option(None, "--trainable-blocks", help="How many of the "
-                                         "last blocks train: finetune (default 2; vgg16 1), or "
-                                         "efficientnet end-to-end (-1: all)."),
+                                         "last blocks train: finetune "
+                                         f"({describe_default('trainable_blocks')}, or as many "
+                                         "as the model can), or efficientnet end-to-end (-1: "
+                                         "all)."),
     freeze: str = typer.Option(None, "--freeze", hidden=True,
                                help="Deprecated: --mode features / --trainable-blocks N."),
     drop_connect: float = typer.Option(None, help="finetune: drop-connect rate at the last "
-                                       "block (default 0.2)."),
-    head: str = typer.Option(None, help="efficientnet head: linear | mlp (features: mlp)."),
+                                       f"block ({describe_default('drop_connect')}; a model "
+                                       "without drop-connect refuses it)."),
+    head: str = typer.Option(None, help="efficientnet head: linear | mlp (features: "
+                             f"{FEATURES_HEAD['head']})."),
     pool: str = typer.Option(None, help="efficientnet pooling: mean | meanmax | multi "
-                             "(features: multi)."),
-    hidden: int = typer.Option(None, help="efficientnet MLP head width (features: 256)."),
-    dropout: float = typer.Option(None, help="efficientnet head dropout (features: 0.6)."),
+                             f"(features: {FEATURES_HEAD['pool']})."),
+    hidden: int = typer.Option(None, help="efficientnet MLP head width (features: "
+                               f"{FEATURES_HEAD['hidden']})."),
+    dropout: float = typer.Option(None, help="efficientnet head dropout (features: "
+                                  f"{FEATURES_HEAD['dropout']})."),
     titles: bool = typer.Option(None, "--titles/--no-titles", help="After the poster model, "
                                 "fit the title model and its fusion on the dataset's titles "
                                 "(default: on when the dataset has titles)."),
@@ -121,18 +147,18 @@ def train(
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to OUT/tensorboard."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded posters in the "
                                "on-disk cache for later runs."),
-    workers: int = typer.Option(2, min=1, help="Threads decoding posters."),
+    workers: int = typer.Option(DECODE_WORKERS, min=1, help="Threads decoding posters."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train a model on a prepared dataset into a run folder.
+    """Train a model on a prepared dataset into a run folder (`train.fit.fit` with
+    `train.recipes.make_config`: the same run as from Python).
 
     The run folder gets config.json, weights.safetensors (best val macro AP), thresholds.json
     (per-genre, tuned on val), history.jsonl and checkpoint/ (for --resume). An option that
-    the chosen mode does not use is an error. Runs as is under `torchrun --nproc_per_node N`
-    for DDP (end-to-end).
+    the chosen mode or model does not use is an error. Runs as is under `torchrun
+    --nproc_per_node N` for DDP (end-to-end).
     """
     from postergenre.cli.progress import RichProgress
-    from postergenre.models import model_info
     from postergenre.train.fit import fit
     from postergenre.train.recipes import make_config
 
@@ -151,35 +177,21 @@ def train(
                    pos_weight=pos_weight, resample=resample, augment=augment, flip=flip,
                    precision=precision,
                    patience=patience, seed=seed, drop_connect=drop_connect, titles=titles,
-                   init=str(init) if init else None,
+                   trainable_blocks=trainable_blocks, init=str(init) if init else None,
                    backbone_weights=str(backbone_weights) if backbone_weights else None)
     config = None
     if resume:
         given = [k for k, v in {**options, "model": model, "recipe": recipe, "mode": mode,
-                                "data": data, "trainable_blocks": trainable_blocks,
-                                "model_arg": kwargs or None}.items() if v is not None]
+                                "data": data, "model_arg": kwargs or None}.items()
+                 if v is not None]
         if given:
             raise PosterGenreError(f"--{given[0].replace('_', '-')} does not apply with "
                                    "--resume: the run's own settings and dataset are used")
     else:
         if data is None:
             raise PosterGenreError("--data is required (a dataset folder from `data prepare`)")
-        name = model or (RECIPES[recipe]["model"] if recipe in RECIPES else "custom-cnn")
-        if init is not None and model is None:
-            from postergenre.run import load_run
-
-            name = load_run(init).model_name
-        if mode is None:
-            import torch
-
-            cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
-            mode = "finetune" if init is not None else model_info(name).default_mode(cuda)
-        if trainable_blocks is not None:
-            if mode == "finetune":
-                options["trainable_blocks"] = trainable_blocks
-            else:
-                kwargs["trainable_blocks"] = trainable_blocks
-        config = make_config(recipe, mode, model=name, model_kwargs=kwargs or None, **options)
+        config = make_config(recipe, mode, device=device, model=model,
+                             model_kwargs=kwargs or None, **options)
     with RichProgress(progress) as bars:
         summary = fit(data, out, config, resume=resume, device=device, progress=bars,
                       tensorboard=tensorboard, cache=cache, workers=workers,

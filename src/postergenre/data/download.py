@@ -27,6 +27,12 @@ import pandas as pd
 from postergenre.data.fetch import FetchConfig, FetchError, fetch_async, is_url, make_client
 from postergenre.data.images import open_poster
 from postergenre.data.movies import read_labels
+from postergenre.defaults import (
+    DOWNLOAD_CONCURRENCY,
+    DOWNLOAD_RETRIES,
+    DOWNLOAD_TIMEOUT,
+    MAX_POSTER_BYTES,
+)
 from postergenre.errors import DatasetError, InvalidImageError
 from postergenre.io import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 
@@ -62,11 +68,11 @@ class Failure:
 class DownloadConfig:
     """`data download`'s settings; `fetch_config()` turns them into the fetcher's."""
 
-    concurrency: int = 16  # simultaneous requests
-    timeout: float = 30.0  # seconds per attempt, whole body included
-    retries: int = 3  # extra attempts after a transient failure
+    concurrency: int = DOWNLOAD_CONCURRENCY  # the defaults: defaults.py
+    timeout: float = DOWNLOAD_TIMEOUT
+    retries: int = DOWNLOAD_RETRIES
     backoff: float = 0.5  # first retry delay in seconds, doubled each time (+-50% jitter)
-    max_bytes: int = 5_000_000  # larger bodies are refused (real posters are ~15 kB)
+    max_bytes: int = MAX_POSTER_BYTES
     max_redirects: int = 5
 
     def fetch_config(self) -> FetchConfig:

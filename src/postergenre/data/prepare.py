@@ -25,6 +25,7 @@ from postergenre.data import stats
 from postergenre.data.dataset import SPLITS, write_genres, write_split
 from postergenre.data.images import IMAGE_SUFFIXES, open_poster
 from postergenre.data.movies import read_labels
+from postergenre.defaults import SPLIT_SEED, TEST_SHARE, VAL_SHARE
 from postergenre.errors import DatasetError, InvalidImageError
 from postergenre.genres import SEPARATOR, build_vocabulary, multi_hot, parse_genres
 from postergenre.io import atomic_write_json, atomic_write_text, ensure_writable_dir
@@ -240,8 +241,9 @@ def poster_outcomes(ids: pd.Series, outcome: pd.Series, by_id: dict[int, Path],
     return counts, without_row
 
 
-def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *, seed: int = 0,
-                    val: float = 0.15, test: float = 0.15, workers: int | None = None,
+def prepare_dataset(labels: str | Path, posters: str | Path, out: str | Path, *,
+                    seed: int = SPLIT_SEED, val: float = VAL_SHARE, test: float = TEST_SHARE,
+                    workers: int | None = None,
                     progress: Progress = SILENT) -> PrepareReport:
     """Clean `labels` against the `posters` folder and write a dataset to `out`.
 

@@ -17,11 +17,10 @@ import numpy as np
 from postergenre.backends import INPUT, OUTPUT, make_session
 from postergenre.data.dataset import load_split
 from postergenre.data.images import load_poster_batch
+from postergenre.defaults import INT8_MAX_AP_DROP, INT8_SPLITS
 from postergenre.errors import DatasetError
 from postergenre.evaluate.metrics import MIN_POSITIVES, macro_ap
 from postergenre.export import (
-    INT8_SPLITS,
-    MAX_AP_DROP,
     cached_onnx,
     calibration_posters,
     quantize_onnx,
@@ -33,8 +32,8 @@ from postergenre.paths import cache_dir
 from postergenre.run import INT8_CARD, Run
 
 
-def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = MAX_AP_DROP,
-                 batch_size: int = 16, split: str = "val",
+def quantize_run(run: Run, dataset: str | os.PathLike, max_drop: float = INT8_MAX_AP_DROP,
+                 batch_size: int = 16, split: str = INT8_SPLITS[0],
                  on_batch: Callable[[int], None] | None = None) -> dict:
     """Quantise the run's graph to int8 and keep it only if quality holds on held-out posters.
 

@@ -47,6 +47,7 @@ class ModelInfo:
     finetune_needs_init: bool = True  # "finetune" starts from a features run; False: from
     # the model's own (backbone) weights, no --init
     finetune_mirrors: bool = True  # "finetune" also caches the mirrored posters' trunks
+    finetune_drop_connect: bool = True  # `tail_logits` applies its drop_connect rate
 
     @property
     def settings(self) -> tuple[str, ...]:

@@ -133,7 +133,8 @@ class VGG16(nn.Module):
 
     def tail_logits(self, rows: torch.Tensor, cut: int, drop_connect: float = 0.0
                     ) -> torch.Tensor:
-        """Logits from `trunk_features` rows: block 5 and the head (no drop-connect here)."""
+        """Logits from `trunk_features` rows: block 5 and the head (no drop-connect here: the
+        registry says so, and a nonzero `drop_connect` is refused before training)."""
         h, w = self.input_size
         return self.classifier(self.features[cut:](rows.unflatten(1, (512, h // 16, w // 16))))
 
@@ -155,4 +156,4 @@ class VGG16(nn.Module):
 register_model("vgg16", input_size=INPUT_SIZE, min_input_size=(32, 32),
                normalization="ImageNet mean and std", modes=("end-to-end", "finetune"),
                cpu_mode="finetune", finetune_blocks=1, finetune_needs_init=False,
-               finetune_mirrors=False)(VGG16)
+               finetune_mirrors=False, finetune_drop_connect=False)(VGG16)

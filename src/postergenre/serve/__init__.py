@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from postergenre.defaults import SERVE_HOST, SERVE_LOG_LEVEL, SERVE_PORT
 from postergenre.serve.app import Limits, create_app
 
 __all__ = ["Limits", "create_app", "serve"]
 
 
-def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-          backend: str = "auto", limits: Limits | None = None, log_level: str = "info") -> None:
+def serve(model: str | Path | None = None, host: str = SERVE_HOST, port: int = SERVE_PORT,
+          backend: str = "auto", limits: Limits | None = None,
+          log_level: str = SERVE_LOG_LEVEL) -> None:
     """Load the model once and serve it with uvicorn until interrupted."""
     import uvicorn
 

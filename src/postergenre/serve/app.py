@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from postergenre import __version__
+from postergenre.defaults import MAX_BATCH_FILES, MAX_UPLOAD_MB
 from postergenre.errors import InvalidImageError, NotAnImageError, PosterGenreError
 from postergenre.predict import Predictor, json_record
 from postergenre.serve.batcher import Batcher
@@ -54,8 +55,8 @@ PAGE_HEADERS = {
 
 @dataclass(frozen=True)
 class Limits:
-    max_upload_bytes: int = 10 * MB  # per file
-    max_batch_files: int = 16
+    max_upload_bytes: int = int(MAX_UPLOAD_MB * MB)  # per file
+    max_batch_files: int = MAX_BATCH_FILES
 
 
 # -- response bodies (they document the API in /openapi.json) --------------------------------

@@ -39,6 +39,7 @@ from postergenre.run import (
 from postergenre.train import distributed
 from postergenre.train.losses import make_loss, positive_weights
 from postergenre.train.recipes import TrainConfig, make_optimizer, make_schedule
+from postergenre.train.sampling import epoch_seed
 
 
 @dataclass
@@ -57,10 +58,6 @@ class Source:
     train_mode: Callable[[], None] | None = None  # default: model.train()
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"  # of the forward pass: "fp32", "bf16" or "auto" (engine.autocast)
-
-
-def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
-    return (seed * 1_000_003 + epoch * 10_007 + salt) % (2**63)
 
 
 def cpu_has_bf16() -> bool:

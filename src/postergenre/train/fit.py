@@ -32,7 +32,7 @@ from postergenre.progress import SILENT, Progress
 from postergenre.run import TENSORBOARD, WEIGHTS, RunConfig, holds_run, load_run, write_config
 from postergenre.train import distributed
 from postergenre.train.engine import run_epochs
-from postergenre.train.recipes import TrainConfig
+from postergenre.train.recipes import DECODE_WORKERS, FEATURES_HEAD, TrainConfig, check_config
 from postergenre.train.sources import SOURCES
 from postergenre.train.text import fit_and_save
 
@@ -53,10 +53,6 @@ def _check_out(out: Path, resume: bool, inputs: list[Path]) -> None:
                        "or choose another --out")
 
 
-# The head a features run gets unless told otherwise: the shipped model's first stage.
-FEATURES_HEAD = {"pool": "multi", "head": "mlp", "hidden": 256, "dropout": 0.6}
-
-
 def _build(config: TrainConfig, genres: list[str], dataset: str | Path
            ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model to train and the settings that rebuild it (the run's "model_kwargs"): a new
@@ -66,6 +62,9 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
     extra = {"backbone_weights": config.backbone_weights} if config.backbone_weights else {}
     from_init = config.mode == "finetune" and model_info(config.model).finetune_needs_init
     if config.mode == "features":
+        if "trainable_blocks" in kwargs:
+            raise PosterGenreError("--trainable-blocks: features training trains the head "
+                                   "only; drop the option")
         kwargs = {**FEATURES_HEAD, **kwargs, "flip_average": config.flip, "trainable_blocks": 0}
     elif config.mode == "finetune" and config.init and not from_init:
         raise PosterGenreError(f"{config.model} fine-tunes from its --backbone-weights, not "
@@ -98,7 +97,7 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
 
 def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None = None, *,
         resume: bool = False, device: str | None = None, progress: Progress = SILENT,
-        cache: bool = True, workers: int = 2, time_limit: float | None = None,
+        cache: bool = True, workers: int = DECODE_WORKERS, time_limit: float | None = None,
         backend: str = "auto", cache_root: str | Path | None = None, tensorboard: bool = False,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         titles: bool | None = None) -> dict[str, Any]:
@@ -115,11 +114,11 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
         stored = load_run(out)
         config = TrainConfig.from_dict(stored.train_settings)
         dataset = stored.dataset
-    config = config or TrainConfig()
-    info = model_info(config.model)
-    if config.mode not in info.modes:
-        raise PosterGenreError(f"{config.model} cannot train in {config.mode} mode; it "
-                               f"supports: {', '.join(info.modes)}")
+    else:
+        config = config or TrainConfig()
+        check_config(config)  # a stored run's settings were checked when it started
+    _check_options(config.mode, cache=cache, workers=workers, backend=backend,
+                   cache_root=cache_root)
     if dataset is None:
         raise PosterGenreError("no dataset given (--data)")
     if device is not None and device != "cpu" and not device.startswith("cuda"):
@@ -196,6 +195,17 @@ def fit_titles(run_dir: str | Path, dataset: str | Path, val_probs: np.ndarray,
     """The title step of a trained run: RUN/text/ from `val_probs`, the run's poster model's
     probabilities on the val split (see train/text.py, `fit_and_save`)."""
     return fit_and_save(run_dir, dataset, val_probs, text_splits, "per-genre", **TITLE_SETTINGS)
+
+
+def _check_options(mode: str, **given: Any) -> None:
+    """fit's own options that `mode` would ignore: end-to-end decodes posters (`cache`,
+    `workers`), the cached modes extract features (`backend`, `cache_root`)."""
+    unused = ({"backend": "auto", "cache_root": None} if mode == "end-to-end" else
+              {"cache": True, "workers": DECODE_WORKERS})
+    for name, default in unused.items():
+        if given[name] != default:
+            flag = "--no-cache" if name == "cache" else f"--{name.replace('_', '-')}"
+            raise PosterGenreError(f"{flag} does not apply to {mode} training; drop the option")
 
 
 def _tensorboard(out: Path):

@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from postergenre.errors import PosterGenreError
+from postergenre.train.recipes import LOSSES, TrainConfig
 
-LOSSES = ("bce", "asl")
 
-
-def positive_weights(labels: np.ndarray, power: float = 1.0, max_weight: float = 10.0
-                     ) -> torch.Tensor:
+def positive_weights(labels: np.ndarray, power: float = 1.0,
+                     max_weight: float = TrainConfig.pos_weight_max) -> torch.Tensor:
     """Per-genre weight of positive terms: (negatives / positives) ** power, clipped to
     [1, max_weight]. A genre without positives gets max_weight (it never counts anyway)."""
     labels = np.asarray(labels, dtype=np.float64)

@@ -1,8 +1,8 @@
 """The three training modes as data sources for the engine (engine.py): what a batch is, what
 computes its logits, and what trains.
 
-  end_to_end       decoded posters (optionally augmented, resampled, sharded across DDP
-                   ranks) through the whole model;
+  end_to_end       decoded posters (optionally augmented, sharded across DDP ranks)
+                   through the whole model;
   cached_features  the frozen backbone's pooled features of every poster, computed once into
                    the feature cache (features.py), through the head only;
   cached_trunk     the frozen trunk's output (the map before the last N blocks) of every
@@ -11,11 +11,16 @@ computes its logits, and what trains.
 Each takes the model (built by fit.py), the train and val splits and the settings, and returns
 a `Source`. The model says how to cut it (`features`, `trunk_features`, `tail_logits`, see
 models/registry.py), so no mode tests a model's name.
+
+Every mode draws its epochs from the one `EpochSampler` (sampling.py, built by `sampler_of`):
+the same seed formula and `--resample` everywhere. Under torchrun, end_to_end shards each
+epoch across the ranks (DDP); the cached modes share the feature extraction across ranks, then
+every rank trains the same small tail on the whole epoch (unsharded, same seed, same result)
+and rank 0 writes it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,11 +33,11 @@ from postergenre.models import model_info
 from postergenre.progress import SILENT, Progress
 from postergenre.train import distributed
 from postergenre.train.augment import apply_affine, random_affine
-from postergenre.train.engine import Source, autocast, epoch_seed
+from postergenre.train.engine import Source, autocast
 from postergenre.train.features import FeatureSpec, extract_features
 from postergenre.train.posters import cached_posters
 from postergenre.train.recipes import TrainConfig
-from postergenre.train.sampling import EpochSampler, rare_genre_weights
+from postergenre.train.sampling import EpochSampler
 
 
 def to_batch(arrays: np.ndarray, index: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -64,10 +69,10 @@ def probs_of(logits_of, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def _order(n: int, generator: torch.Generator, weights: torch.Tensor | None) -> np.ndarray:
-    if weights is not None:
-        return torch.multinomial(weights, n, replacement=True, generator=generator).numpy()
-    return torch.randperm(n, generator=generator).numpy()
+def sampler_of(labels: np.ndarray, config: TrainConfig, rank: int = 0, world: int = 1
+               ) -> EpochSampler:
+    """The epoch sampler of every mode: the run's seed and `resample`, sharded over `world`."""
+    return EpochSampler(len(labels), labels, config.resample, config.seed, rank, world)
 
 
 def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
@@ -88,28 +93,21 @@ def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    weights = rare_genre_weights(train.labels, config.resample) if config.resample else None
-    sampler = EpochSampler(len(train), weights, seed=config.seed, rank=rank, world=world)
-    local_batch = config.batch_size // world
-    steps = math.ceil(len(sampler) / local_batch)
+    sampler = sampler_of(train.labels, config, rank, world)
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        sampler.set_epoch(epoch)
-        order = sampler.order()
-        local = order[rank::world].numpy()
-        thetas = None
-        if config.augment:
-            g = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, 1))
-            thetas = random_affine(len(order), size, g)[rank::world]
-        for s in range(steps):
-            idx = local[s * local_batch:(s + 1) * local_batch]
+        order, g = sampler.draw(epoch)
+        local = sampler.shard(order)
+        thetas = sampler.shard(random_affine(len(order), size, g)) if config.augment else None
+        for step in sampler.batches(config.batch_size):
+            idx = local[step]
             x = to_batch(x_train, idx, device)
             if thetas is not None:
-                x = apply_affine(x, thetas[s * local_batch:(s + 1) * local_batch])
+                x = apply_affine(x, thetas[step])
             yield x, y_train[idx].to(device, non_blocking=True)
 
     precision = config.precision
-    return Source(model, net, batches, steps,
+    return Source(model, net, batches, sampler.steps(config.batch_size),
                   lambda: predict_arrays(model, x_val, device=device, precision=precision),
                   train.labels, val.labels, train.genres, device=device, precision=precision)
 
@@ -146,17 +144,15 @@ def head_on_arrays(model: nn.Module, head: nn.Module, x_train: np.ndarray, y_tra
     """`head` (a part of `model`) trained on feature arrays: what `cached_features` runs, and
     what benchmarks use to compare heads on the same cached features."""
     x, y = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.float32))
-    weights = (torch.as_tensor(rare_genre_weights(y_train, config.resample))
-               if config.resample > 0 else None)
-    bs = config.batch_size
+    sampler = sampler_of(y_train, config)
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = _order(len(x), torch.Generator().manual_seed(epoch_seed(config.seed, epoch)),
-                       weights)
-        for i in range(0, len(order), bs):
-            yield x[order[i:i + bs]], y[order[i:i + bs]]
+        order = sampler.draw(epoch)[0]
+        for step in sampler.batches(config.batch_size):
+            yield x[order[step]], y[order[step]]
 
-    return Source(model, head, batches, math.ceil(len(x) / bs), lambda: probs_of(head, x_val),
+    return Source(model, head, batches, sampler.steps(config.batch_size),
+                  lambda: probs_of(head, x_val),
                   y_train, y_val, genres, keys=keys)
 
 
@@ -181,21 +177,20 @@ def cached_trunk(model: nn.Module, train: Split, val: Split, config: TrainConfig
     rows = {flip: extract_features(train.paths, spec.mirrored(flip), **extract) for flip in flips}
     val_rows = extract_features(val.paths, spec, **extract)
     y = torch.from_numpy(train.labels.astype(np.float32))
-    bs = config.batch_size
+    sampler = sampler_of(train.labels, config)
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-        order = torch.randperm(len(train), generator=g).numpy()
+        order, g = sampler.draw(epoch)
         mirrored = torch.rand(len(train), generator=g).numpy() < 0.5
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
+        for step in sampler.batches(config.batch_size):
+            idx = order[step]
             batch = np.where(mirrored[idx, None], rows[flips[-1]][idx], rows[False][idx])
             yield torch.from_numpy(batch.astype(np.float32)), y[idx]
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         return model.tail_logits(batch, cut, config.drop_connect)
 
-    return Source(model, forward, batches, math.ceil(len(train) / bs),
+    return Source(model, forward, batches, sampler.steps(config.batch_size),
                   lambda: probs_of(lambda r: model.tail_logits(r, cut), val_rows),
                   train.labels, val.labels, train.genres, keys=model.trained_keys(),
                   train_mode=lambda: _frozen_statistics(model))
