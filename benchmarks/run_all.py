@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "serve": "docs/benchmarks.md, section Serve",
     "speed": "docs/benchmarks.md, section Speed, and the README's table",
     "explain": "docs/benchmarks.md, section Explain",
+    "cli": "docs/benchmarks.md, section Evaluate and predict (start-up)",
 }
 
 

@@ -7,8 +7,14 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+from conftest import make_poster, make_tiny_run
+
+from postergenre.export import cached_onnx
 from postergenre.io import atomic_write_text
+from postergenre.run import load_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -45,6 +51,7 @@ print("ok", len(names))
 """
 
 
+@pytest.mark.slow
 def test_importing_every_module_changes_no_global_state() -> None:
     env = dict(os.environ, PYTHONPATH=str(SRC))
     env.pop("MPLBACKEND", None)
@@ -65,3 +72,64 @@ def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
     mode = stat.S_IMODE((tmp_path / "a.txt").stat().st_mode)
     assert mode == 0o640 == stat.S_IMODE(plain.stat().st_mode)
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left beside it
+
+
+# --- a CLI that answers at once: help and the cached onnx predict path import no torch ------
+
+HEAVY = ("torch", "matplotlib", "pandas")
+
+
+def _imported(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -X importtime -m postergenre ARGS` started (its stderr lists every import)."""
+    env = dict(env or os.environ, PYTHONPATH=str(SRC))
+    return subprocess.Popen([sys.executable, "-X", "importtime", "-m", "postergenre", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def _top_level_imports(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip().split(".")[0]
+            for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def _commands() -> list[list[str]]:
+    """Every command and subcommand of the app, as argument lists."""
+    import typer
+
+    from postergenre.cli import app
+
+    found: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:  # a click command or group
+        found.append(path)
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_help_of_every_command_imports_no_heavy_library() -> None:
+    commands = _commands()
+    assert {"train", "predict", "data prepare"} <= {" ".join(c) for c in commands}
+    started = [(c, _imported([*c, "--help"])) for c in commands]
+    for command, process in started:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr[-1000:]
+        heavy = _top_level_imports(stderr) & set(HEAVY)
+        assert not heavy, f"`postergenre {' '.join(command)} --help` imports {sorted(heavy)}"
+
+
+@pytest.mark.slow
+def test_predict_on_a_cached_onnx_graph_imports_no_torch(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
+    run = make_tiny_run(tmp_path / "run", ["Drama", "Comedy"])
+    cached_onnx(load_run(run))  # the first build of the graph may import torch
+    poster = make_poster(tmp_path / "1.jpg")
+    process = _imported(["predict", "--model", str(run), "--backend", "onnx", str(poster)])
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-1000:]
+    imported = _top_level_imports(stderr)
+    assert "onnxruntime" in imported and "torch" not in imported

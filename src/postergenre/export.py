@@ -16,11 +16,11 @@ import json
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from postergenre.backends import INPUT, OUTPUT, make_session
 from postergenre.data.images import load_poster_batch
@@ -29,22 +29,14 @@ from postergenre.io import atomic_write_bytes, atomic_write_json
 from postergenre.paths import cache_dir
 from postergenre.run import WEIGHTS, Run
 
+if TYPE_CHECKING:  # torch is imported where a graph is exported: a cached graph needs none
+    from torch import nn
+
 OPSET = 17  # the default; the exporter accepts MIN_OPSET..MAX_OPSET
 MIN_OPSET, MAX_OPSET = 9, 20
 INT8_CARD = "int8.json"  # the record of an accepted int8 check, inside the run
 MAX_AP_DROP = 0.005  # the most held-out macro AP an int8 graph may lose
 INT8_SPLITS = ("val", "test")  # where the check may score: posters the run did not train on
-
-
-class _WithSigmoid(nn.Module):
-    """The model followed by a sigmoid: the exported graph returns probabilities."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(x))
 
 
 def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[int, int],
@@ -56,6 +48,8 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
     Uses PyTorch's TorchScript-based exporter (`dynamo=False`): it needs no extra package and
     handles every model in the registry; its deprecation warning is silenced.
     """
+    import torch
+
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise RunError(f"--opset {opset}: the exporter supports {MIN_OPSET} to {MAX_OPSET}")
     path = Path(path)
@@ -87,7 +81,10 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int],
                 opset: int = OPSET, metadata: dict[str, str] | None = None) -> Path:
     """Write `model` (logits out) as an ONNX graph returning probabilities, atomically."""
-    return export_graph(_WithSigmoid(model), path, input_size, opset=opset, metadata=metadata)
+    from torch import nn
+
+    with_sigmoid = nn.Sequential(OrderedDict(model=model, sigmoid=nn.Sigmoid()))
+    return export_graph(with_sigmoid, path, input_size, opset=opset, metadata=metadata)
 
 
 def run_metadata(run: Run) -> dict[str, str]:

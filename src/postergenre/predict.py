@@ -16,11 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
-import pandas as pd
-import torch
 
 from postergenre.backends import BACKENDS, OnnxBackend, TorchBackend, onnx_available
 from postergenre.data.images import (
@@ -31,6 +29,10 @@ from postergenre.data.images import (
 )
 from postergenre.errors import InvalidImageError, PosterGenreError
 from postergenre.run import Run, load_run
+
+if TYPE_CHECKING:  # the onnx path imports no torch
+    import httpx
+    import torch
 
 
 def make_backend(run: Run, backend: str = "auto", device: str = "cpu"):
@@ -69,7 +71,7 @@ class Predictor:
 
     def predict_proba(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N, 3, H, W) float in [0, 1] -> (N, n_genres) probabilities."""
-        x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images, np.float32)
+        x = np.asarray(images, np.float32)  # a CPU torch tensor converts without a copy
         out = [self.backend(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.genres)), np.float32)
 
@@ -223,6 +225,8 @@ def fetch_url(url: str, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_URL
 
 def _fetch(url: str, timeout: float, max_bytes: int, client: httpx.Client | None,
            stop: threading.Event) -> bytes:
+    import httpx
+
     try:
         with (client or httpx).stream("GET", url, timeout=timeout, follow_redirects=True) as r:
             if r.status_code != 200:
@@ -274,6 +278,8 @@ def load_titles(labels: str | os.PathLike | None = None, run: Run | None = None)
 def read_titles(path: str | os.PathLike) -> tuple[dict[int, str], list[str]]:
     """imdbId -> title from a labels CSV (MovieGenre.csv or imdbId,Title,Genre), and one line
     for each row that cannot be used (no integer imdbId, no title); those rows are skipped."""
+    import pandas as pd
+
     from postergenre.data.movies import read_labels
 
     labels = read_labels(path)

@@ -17,14 +17,14 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from postergenre.errors import RunError
 from postergenre.io import atomic_open, atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a run's files needs none
+    import torch
+    from torch import nn
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -75,6 +75,8 @@ class Run:
 
 
 def load_weights(model: nn.Module, path: Path, partial: bool = False) -> None:
+    from safetensors.torch import load_file
+
     if not path.is_file():
         raise RunError(f"{path}: weights file is missing")
     try:
@@ -97,6 +99,9 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: Path,
                  keys: list[str] | None = None, dtype: torch.dtype | None = None) -> None:
     """Save (a subset of) a state dict as safetensors, atomically; `dtype` (torch.float16 for
     the shipped model) converts floating-point tensors, and loading converts them back."""
+    from safetensors.torch import save
+    from torch import nn
+
     state = model.state_dict() if isinstance(model, nn.Module) else model
     if keys is not None:
         state = {k: state[k] for k in keys}

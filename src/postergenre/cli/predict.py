@@ -6,7 +6,6 @@ import csv
 import sys
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from postergenre.backends import BACKEND_HELP
@@ -58,6 +57,8 @@ def predict(
     others are still predicted; the exit code is then 1. A URL download is given up after 15 s
     without a byte or 30 s in all.
     """
+    import numpy as np
+
     from postergenre.predict import (
         FORMATS,
         Predictor,

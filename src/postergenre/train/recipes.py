@@ -15,15 +15,15 @@ An option that the mode does not use is an error naming both, never silently ign
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from postergenre.errors import PosterGenreError
 from postergenre.models import model_info
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MODES = ("end-to-end", "features", "finetune")
 SCHEDULES = ("cosine", "constant", "onecycle")
@@ -106,24 +106,29 @@ MODE_OPTIONS: dict[str, set[str]] = {
     "finetune": _COMMON | {"init", "trainable_blocks", "drop_connect", "backbone_weights"},
 }
 
-# Each optimizer by name; Keras's epsilon (and RMSprop's rho) where the originals used Keras.
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd, fused=True),
-    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, eps=1e-7, weight_decay=wd, fused=True),
-    "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, alpha=0.9, eps=1e-7,
-                                                     weight_decay=wd),
-    "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True,
-                                             weight_decay=wd),
+# Each optimizer by name: its torch.optim class and settings; Keras's epsilon (and RMSprop's
+# rho) where the originals used Keras.
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "adamw": ("AdamW", dict(fused=True)),
+    "adam": ("Adam", dict(eps=1e-7, fused=True)),
+    "rmsprop": ("RMSprop", dict(alpha=0.9, eps=1e-7)),
+    "sgd": ("SGD", dict(momentum=0.9, nesterov=True)),
 }
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS[config.optimizer](params, config.lr, config.weight_decay)
+    import torch
+
+    name, settings = OPTIMIZERS[config.optimizer]
+    return getattr(torch.optim, name)(params, lr=config.lr, weight_decay=config.weight_decay,
+                                      **settings)
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int
                   ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step learning-rate factors: cosine decay, constant, or one-cycle (10% warm-up)."""
+    import torch
+
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, pct_start=0.1,
                                                    total_steps=max(total, 1))
