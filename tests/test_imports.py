@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -133,3 +134,40 @@ def test_predict_on_a_cached_onnx_graph_imports_no_torch(tmp_path: Path,
     assert process.returncode == 0, stderr[-1000:]
     imported = _top_level_imports(stderr)
     assert "onnxruntime" in imported and "torch" not in imported
+
+
+# --- true dependencies ---------------------------------------------------------------------
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[\[<>=!~; ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """Each module the package imports, at the top or inside a function, comes from a
+    distribution named in pyproject's dependencies (or, for optional features, an extra)."""
+    import ast
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    runtime = {_requirement_name(r) for r in project["dependencies"]}
+    extras = {_requirement_name(r) for name, reqs in project["optional-dependencies"].items()
+              if name != "dev" for r in reqs}
+    imported: dict[str, str] = {}
+    for path in (SRC / "postergenre").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     and node.module else [])
+            for name in names:
+                imported.setdefault(name.split(".")[0], path.name)
+    distributions = packages_distributions()
+    missing = []
+    for module, where in sorted(imported.items()):
+        if module in sys.stdlib_module_names or module == "postergenre":
+            continue
+        names = {_requirement_name(d) for d in distributions.get(module, [module])}
+        if not names & (runtime | extras):
+            missing.append(f"{module} (imported in {where}, from {sorted(names)})")
+    assert not missing, "undeclared: " + ", ".join(missing)
