@@ -7,11 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_small_dataset, make_tiny_run, train_features
-from typer.testing import CliRunner
+from conftest import make_small_dataset, make_tiny_run, run_cli, train_features
 
-from postergenre.cli import app
-from postergenre.errors import PosterGenreError
 from postergenre.run import load_run
 
 GENRES = ["Comedy", "Drama", "Horror"]
@@ -25,9 +22,8 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def train(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["train", "--no-progress", *args])
-    message = str(result.exception) if isinstance(result.exception, PosterGenreError) else ""
-    return result.exit_code, message + result.output
+    result = run_cli("train", "--no-progress", *args)
+    return result.exit_code, result.output
 
 
 CNN = ["--model", "custom-cnn", "--model-arg", "input_size=[80,80]", "--epochs", "1"]
@@ -92,10 +88,10 @@ def test_a_finished_run_of_any_mode_is_never_overwritten(dataset, tmp_path):
 
 
 def test_deprecated_freeze_still_works_and_says_so(dataset, tmp_path):
-    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out",
+    result = run_cli("train", "--data", str(dataset), "--out",
                                       str(tmp_path / "r"), "--model", "efficientnet-lite0",
                                       "--model-arg", "input_size=[64,48]", "--epochs", "1",
-                                      "--freeze", "all", "--no-progress"])
+                                      "--freeze", "all", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "--freeze is deprecated" in result.output
     assert load_run(tmp_path / "r").train_settings["mode"] == "features"
@@ -105,8 +101,8 @@ def test_export_never_writes_over_its_run(tmp_path):
     run = make_tiny_run(tmp_path / "run", GENRES)
     weights = (run / "weights.safetensors").read_bytes()
     for target in (run / "weights.safetensors", run / "model.onnx"):
-        result = CliRunner().invoke(app, ["export", str(run), str(target)])
-        assert result.exit_code == 1 and "inside the run folder" in str(result.exception)
+        result = run_cli("export", str(run), str(target))
+        assert result.exit_code == 1 and "inside the run folder" in result.stderr
     assert (run / "weights.safetensors").read_bytes() == weights
     assert not (run / "model.onnx").exists()
 
@@ -117,11 +113,11 @@ def test_export_never_writes_over_its_run(tmp_path):
 ])
 def test_export_options_are_checked(tmp_path, args, expected):
     run = make_tiny_run(tmp_path / "run", GENRES)
-    result = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "m.onnx"), *args])
-    assert result.exit_code == 1 and expected in str(result.exception)
+    result = run_cli("export", str(run), str(tmp_path / "m.onnx"), *args)
+    assert result.exit_code == 1 and expected in result.stderr
     (tmp_path / "file").write_text("x")
-    result = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "file" / "m.onnx")])
-    assert result.exit_code == 1 and "is a file" in str(result.exception)
+    result = run_cli("export", str(run), str(tmp_path / "file" / "m.onnx"))
+    assert result.exit_code == 1 and "is a file" in result.stderr
 
 
 def test_a_killed_writes_leftover_is_removed_by_the_next_write(tmp_path):
@@ -153,7 +149,5 @@ def test_a_damaged_run_folder_is_one_line_naming_the_file(tmp_path, damage, expe
     args = {"predict": [str(poster), "--model", str(run), "--backend", "onnx"],
             "evaluate": [str(run), "--data", str(tmp_path / "d" / "ds")],
             "export": [str(run), str(tmp_path / "m.onnx")]}[command[0]]
-    result = CliRunner().invoke(app, [*command, *args])
-    message = str(result.exception) if isinstance(result.exception, PosterGenreError) else ""
-    assert result.exit_code == 1 and expected in message + result.output, \
-        (message, result.output)
+    result = run_cli(*command, *args)
+    assert result.exit_code == 1 and expected in result.stderr, result.output
