@@ -26,6 +26,9 @@ BENCHMARKS: dict[str, str] = {
     "serve": "docs/benchmarks.md, section Serve",
     "speed": "docs/benchmarks.md, section Speed, and the README's table",
     "explain": "docs/benchmarks.md, section Explain",
+    "fusion": "docs/benchmarks.md, section Fusion, and the README's table",
+    "keras": "docs/benchmarks.md, section Models and training (skips without TensorFlow)",
+    "cli": "docs/benchmarks.md, section Evaluate and predict (start-up)",
 }
 
 

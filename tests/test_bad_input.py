@@ -12,28 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import make_poster
+from conftest import assert_one_line_error, cli, make_poster, prepare_args
 from PIL import Image
-
-from postergenre.cli import main
-
-
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-        *args: object) -> tuple[int, str, str]:
-    """Run `postergenre ARGS` in-process through the real entry point: (exit code, out, err)."""
-    monkeypatch.setattr(sys, "argv", ["postergenre", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
-
-
-def assert_one_line_error(err: str, *names: object) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for name in names:
-        assert str(name) in lines[0]
 
 
 def png(width: int, height: int, header_only: bool = False) -> bytes:
@@ -63,39 +43,34 @@ def inputs(tmp_path: Path) -> tuple[Path, Path]:
     return labels, posters
 
 
-def prepare_args(labels: Path, posters: Path, out: Path) -> list[object]:
-    return ["data", "prepare", "--labels", labels, "--posters", posters, "--out", out]
-
-
 @pytest.mark.parametrize(
     ("content", "reason"),
     [(b"", "empty"), (b"movie,genres\n1,Drama\n", "missing column")],
     ids=["empty-csv", "wrong-columns"],
 )
-def test_unusable_labels_file(monkeypatch, capsys, inputs, tmp_path, content, reason) -> None:
+def test_unusable_labels_file(inputs, tmp_path, content, reason) -> None:
     _, posters = inputs
     labels = tmp_path / "bad.csv"
     labels.write_bytes(content)
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, _, err = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 1
     assert_one_line_error(err, labels, reason)
     assert not (tmp_path / "ds" / "train.csv").exists()
 
 
-def test_missing_labels_file(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_missing_labels_file(inputs, tmp_path) -> None:
     _, posters = inputs
-    code, _, err = cli(monkeypatch, capsys,
-                       *prepare_args(tmp_path / "nope.csv", posters, tmp_path / "ds"))
+    code, _, err = cli(*prepare_args(tmp_path / "nope.csv", posters, tmp_path / "ds"))
     assert code == 1
     assert_one_line_error(err, tmp_path / "nope.csv", "not found")
 
 
-def test_non_utf8_bytes_are_decoded_and_reported(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_non_utf8_bytes_are_decoded_and_reported(inputs, tmp_path) -> None:
     labels, posters = inputs
     with labels.open("ab") as f:
         f.write(b"1,Le Caf\xe9,Drama\n")  # a duplicate of id 1, in Windows-1252
     labels.write_bytes(labels.read_bytes().replace(b"Movie 2,", b"Am\xe9lie,"))
-    code, _, _ = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, _, _ = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 0
     report = json.loads((tmp_path / "ds" / "cleaning.json").read_text())
     assert report["fallback_lines"] == 2 and report["rows"]["duplicate_id"] == 1
@@ -104,7 +79,7 @@ def test_non_utf8_bytes_are_decoded_and_reported(monkeypatch, capsys, inputs, tm
     assert "Am\u00e9lie" in text
 
 
-def test_bad_posters_are_reported_skips(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_bad_posters_are_reported_skips(inputs, tmp_path) -> None:
     labels, posters = inputs
     truncated = (posters / "1.jpg").read_bytes()
     bad = {
@@ -120,7 +95,7 @@ def test_bad_posters_are_reported_skips(monkeypatch, capsys, inputs, tmp_path) -
     extra = [f"{i},{name},Drama" for i, (name, _, _) in bad.items()] + ["106,PNG,Comedy"]
     labels.write_text(labels.read_text() + "\n".join(extra) + "\n")
 
-    code, out, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, out, err = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 0 and "Traceback" not in err
     report = json.loads((tmp_path / "ds" / "cleaning.json").read_text())
     assert report["rows"]["kept"] == 13 and report["rows"]["poster_invalid"] == 5
@@ -130,54 +105,54 @@ def test_bad_posters_are_reported_skips(monkeypatch, capsys, inputs, tmp_path) -
     assert "poster invalid" in out
 
 
-def test_unwritable_output_folder(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_unwritable_output_folder(inputs, tmp_path) -> None:
     labels, posters = inputs
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a folder cannot be made inside a file, not even by root
     out = blocker / "ds"
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, out))
+    code, _, err = cli(*prepare_args(labels, posters, out))
     assert code == 1
     assert_one_line_error(err, out, "not writable")
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
                     reason="root writes through permissions")
-def test_read_only_output_folder(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_read_only_output_folder(inputs, tmp_path) -> None:
     labels, posters = inputs
     out = tmp_path / "ro"
     out.mkdir(mode=0o500)
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, out))
+    code, _, err = cli(*prepare_args(labels, posters, out))
     assert code == 1
     assert_one_line_error(err, out, "not writable")
 
 
-def test_posters_path_that_does_not_exist(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_posters_path_that_does_not_exist(inputs, tmp_path) -> None:
     labels, _ = inputs
     missing = tmp_path / "no-posters"
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, missing, tmp_path / "ds"))
+    code, _, err = cli(*prepare_args(labels, missing, tmp_path / "ds"))
     assert code == 1
     assert_one_line_error(err, missing, "does not exist")
 
 
-def test_impossible_split_ratios(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_impossible_split_ratios(inputs, tmp_path) -> None:
     labels, posters = inputs
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"),
+    code, _, err = cli(*prepare_args(labels, posters, tmp_path / "ds"),
                        "--val", "0.6", "--test", "0.5")
     assert code == 1
     assert_one_line_error(err, "val + test < 1")
 
 
-def test_no_movie_left(monkeypatch, capsys, inputs, tmp_path) -> None:
+def test_no_movie_left(inputs, tmp_path) -> None:
     labels, _ = inputs
     empty = tmp_path / "empty-posters"
     empty.mkdir()
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, empty, tmp_path / "ds"))
+    code, _, err = cli(*prepare_args(labels, empty, tmp_path / "ds"))
     assert code == 1
     assert_one_line_error(err, labels, "no movie left", "poster_missing: 12")
 
 
-def test_stats_on_a_folder_that_is_not_a_dataset(monkeypatch, capsys, tmp_path) -> None:
-    code, _, err = cli(monkeypatch, capsys, "data", "stats", tmp_path)
+def test_stats_on_a_folder_that_is_not_a_dataset(tmp_path) -> None:
+    code, _, err = cli("data", "stats", tmp_path)
     assert code == 1
     assert_one_line_error(err, tmp_path, "not a dataset")
 

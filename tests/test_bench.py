@@ -54,3 +54,9 @@ def test_main_exit_code_and_selection(scripts: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--skip", "nope"])
     assert exit_info.value.code == 2
+
+
+def test_run_all_runs_every_script_in_benchmarks() -> None:
+    folder = Path(bench.__file__).parent
+    scripts = {p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py")}
+    assert scripts == set(bench.BENCHMARKS)  # a script make bench skips is not a benchmark

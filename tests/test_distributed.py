@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
+from conftest import make_dataset
 from safetensors.torch import load_file
-from test_train import make_dataset
 
 from postergenre.run import read_history
 from postergenre.train import distributed

@@ -9,12 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_poster
-from typer.testing import CliRunner
+from conftest import make_poster, run_cli
 
-from postergenre.cli import app
 from postergenre.data.dataset import load_split, write_genres, write_split
-from postergenre.errors import PosterGenreError
 from postergenre.evaluate.metrics import average_precision, top_k_hit, tune_thresholds
 from postergenre.io import save_weights
 from postergenre.models import create_model
@@ -62,7 +59,7 @@ def run_dir(tmp_path_factory, dataset) -> Path:
 
 
 def _invoke(*args: str):
-    return CliRunner().invoke(app, ["evaluate", "--backend", "torch", *args])
+    return run_cli("evaluate", "--backend", "torch", *args)
 
 
 def test_evaluate_writes_metrics_and_report(run_dir, dataset, tmp_path):
@@ -116,9 +113,9 @@ def test_evaluate_data_override_and_unreadable_posters(run_dir, dataset, tmp_pat
 
 def test_evaluate_errors(run_dir, tmp_path):
     result = _invoke(str(tmp_path), "--data", str(tmp_path))
-    assert isinstance(result.exception, PosterGenreError)
-    assert "not a run folder" in str(result.exception)
+    assert result.exit_code == 1 and result.stderr.startswith("error: ")
+    assert "not a run folder" in result.stderr
     result = _invoke(str(run_dir), "--data", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert isinstance(result.exception, PosterGenreError)
-    assert "not a dataset folder" in str(result.exception)
+    assert result.exit_code == 1 and result.stderr.startswith("error: ")
+    assert "not a dataset folder" in result.stderr
     assert _invoke(str(run_dir), "--split", "dev").exit_code == 2

@@ -8,14 +8,13 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import make_poster
+from conftest import RUN_GENRES as GENRES
+from conftest import RUN_INPUT_SIZE as INPUT_SIZE
+from conftest import bomb_png, make_poster, make_run, run_cli, striped_poster
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_serve import GENRES, INPUT_SIZE, bomb_png, make_run
 from torch import nn
-from typer.testing import CliRunner
 
-from postergenre.cli import app as cli_app
 from postergenre.data.images import load_poster_array
 from postergenre.errors import PosterGenreError
 from postergenre.explain import Explainer, grad_cam, write_explanation
@@ -33,15 +32,6 @@ def run_dir(tmp_path_factory):
 def explainer(run_dir) -> Explainer:
     torch.set_num_threads(1)
     return Explainer(load_run(run_dir))
-
-
-def striped_poster(path, seed=0):
-    """A poster with structure (bright and dark bands), so a CNN's maps vary over it."""
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 60, (268, 182, 3), dtype=np.uint8)
-    arr[40:120, 20:160] = rng.integers(150, 255, 3, dtype=np.uint8)
-    Image.fromarray(arr).save(path, "JPEG", quality=90)
-    return path
 
 
 def test_heatmaps_have_the_posters_shape_and_vary(explainer, tmp_path):
@@ -142,9 +132,9 @@ def test_write_explanation_files(explainer, tmp_path):
 
 def test_cli_writes_maps_and_reports_bad_inputs(run_dir, tmp_path):
     good = striped_poster(tmp_path / "114709.jpg")
-    result = CliRunner().invoke(cli_app, ["explain", str(good), str(tmp_path / "missing.jpg"),
+    result = run_cli("explain", str(good), str(tmp_path / "missing.jpg"),
                                           "--model", str(run_dir), "--out", str(tmp_path / "o"),
-                                          "--genre", "Drama"])
+                                          "--genre", "Drama")
     assert result.exit_code == 1
     assert "missing.jpg: no such file" in result.output
     assert "Drama (" in result.output
@@ -152,9 +142,9 @@ def test_cli_writes_maps_and_reports_bad_inputs(run_dir, tmp_path):
         "114709_Drama.npy", "114709_Drama.png", "114709_summary.png"]
     assert np.load(tmp_path / "o" / "114709_Drama.npy").shape == INPUT_SIZE
 
-    bad = CliRunner().invoke(cli_app, ["explain", str(good), "--model", str(run_dir),
-                                       "--out", str(tmp_path / "o2"), "--genre", "Nope"])
-    assert bad.exit_code != 0 and isinstance(bad.exception, PosterGenreError)
+    bad = run_cli("explain", str(good), "--model", str(run_dir),
+                                       "--out", str(tmp_path / "o2"), "--genre", "Nope")
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: ")
     assert not (tmp_path / "o2").exists()
 
 
@@ -163,8 +153,8 @@ def test_cli_explains_urls_through_the_fetcher(run_dir, tmp_path, httpserver):
     httpserver.expect_request("/120338.jpg").respond_with_data(data, content_type="image/jpeg")
     httpserver.expect_request("/gone.jpg").respond_with_data("no", status=404)
     good, gone = httpserver.url_for("/120338.jpg"), httpserver.url_for("/gone.jpg")
-    result = CliRunner().invoke(cli_app, ["explain", good, gone, "--model", str(run_dir),
-                                          "--out", str(tmp_path / "o"), "--genre", "Drama"])
+    result = run_cli("explain", good, gone, "--model", str(run_dir), "--out",
+                     str(tmp_path / "o"), "--genre", "Drama")
     assert result.exit_code == 1
     assert f"error: {gone}: HTTP 404 NOT FOUND" in result.output
     assert (tmp_path / "o" / "120338_Drama.npy").is_file()

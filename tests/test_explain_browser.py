@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_explain import striped_poster
-from test_serve import INPUT_SIZE, make_run, running_server
-from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (the fixture)
+from conftest import CHROMEDRIVER, CHROMIUM, make_run, running_server, striped_poster
+from conftest import RUN_INPUT_SIZE as INPUT_SIZE
 
 from postergenre.predict import Predictor
 from postergenre.serve import create_app

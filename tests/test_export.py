@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import run_cli
 
 from postergenre.backends import OnnxBackend, TorchBackend, make_session, onnx_available
 from postergenre.errors import RunError
@@ -91,33 +91,26 @@ def test_export_onnx_writes_a_self_describing_graph(tmp_path: Path) -> None:
     assert np.abs(make_session(out).run(None, {"image": x})[0] - expected).max() < 1e-4
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    from postergenre.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["postergenre", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
-
-
-def test_cli_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_cli_export(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", input_size=SIZE)
     out = tmp_path / "model.onnx"
-    assert run_cli(["export", "--onnx", str(run), str(out)], monkeypatch) == 0
+    result = run_cli("export", "--onnx", str(run), str(out))
+    assert result.exit_code == 0
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta["genres"]) == GENRES
     assert json.loads(meta["input_size"]) == list(SIZE)
-    assert "max |onnxruntime - pytorch|" in capsys.readouterr().out
+    assert "max |onnxruntime - pytorch|" in result.stdout
 
 
-def test_cli_export_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys) -> None:
+def test_cli_export_errors_are_one_line(tmp_path: Path) -> None:
     out = tmp_path / "model.onnx"
-    assert run_cli(["export", "--onnx", str(tmp_path / "nope"), str(out)], monkeypatch) == 1
-    err = capsys.readouterr().err
+    result = run_cli("export", "--onnx", str(tmp_path / "nope"), str(out))
+    assert result.exit_code == 1
+    err = result.stderr
     assert err.startswith("error: ") and "nope" in err and err.count("\n") == 1
     assert not out.exists()
-    assert run_cli(["export", "--onnx", "a", "b", "c"], monkeypatch) == 2
+    assert run_cli("export", "--onnx", "a", "b", "c").exit_code == 2
 
 
 def test_missing_weights_is_a_run_error(tmp_path: Path) -> None:
@@ -159,8 +152,8 @@ def make_dataset(path: Path, n: int = 15) -> Path:
 
 
 @pytest.mark.slow
-def test_int8_is_kept_only_when_quality_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys) -> None:
+def test_int8_is_kept_only_when_quality_holds(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = make_run(tmp_path / "run", input_size=SIZE)
     dataset = make_dataset(tmp_path / "data")
 
@@ -171,12 +164,12 @@ def test_int8_is_kept_only_when_quality_holds(tmp_path: Path, monkeypatch: pytes
 
     out = tmp_path / "int8.onnx"
     args = ["export", "--onnx", str(run_dir), str(out), "--int8", str(dataset), "--max-drop", "1"]
-    assert run_cli(args + ["--int8-split", "train"], monkeypatch) == 2  # not a held-out split
-    assert run_cli(args + ["--int8-split", "test"], monkeypatch) == 0  # a run trained on val
-    assert "test macro AP on 17 posters" in capsys.readouterr().out
+    assert run_cli(*args, "--int8-split", "train").exit_code == 2  # not a held-out split
+    result = run_cli(*args, "--int8-split", "test")  # a run trained on val
+    assert result.exit_code == 0 and "test macro AP on 17 posters" in result.stdout
     assert json.loads((run_dir / "int8.json").read_text())["split"] == "test"
-    assert run_cli(args, monkeypatch) == 0
-    assert "val macro AP on 15 posters" in capsys.readouterr().out
+    result = run_cli(*args)
+    assert result.exit_code == 0 and "val macro AP on 15 posters" in result.stdout
     card = json.loads((run_dir / "int8.json").read_text())
     assert card["accepted"] and (card["split"], card["posters"]) == ("val", 15)
     assert out.read_bytes() == checked_int8(load_run(run_dir)).read_bytes()

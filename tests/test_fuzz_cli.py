@@ -13,23 +13,20 @@ and prints its count of cases.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import make_small_dataset, make_tiny_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from postergenre.cli import main
 from postergenre.paths import sample_dir
 
 GENRES = ["Comedy", "Drama", "Horror"]
@@ -106,19 +103,8 @@ def odd_files(draw, real: list[Path], max_files: int = 4) -> list[tuple[str, byt
 def run_cli(*args: object) -> tuple[int, str]:
     """`postergenre ARGS` through the real entry point: (exit code, stdout + stderr)."""
     CASES["count"] += 1
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.argv
-    sys.argv = ["postergenre", *map(str, args)]
-    code: object = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = old
-    code = 0 if code is None else code
-    return code if isinstance(code, int) else 1, out.getvalue() + err.getvalue()
+    result = conftest.run_cli(*args)
+    return result.exit_code, result.stdout + result.stderr
 
 
 # Modules whose unexpected errors are recorded (a warning) instead of failed: none now. Name a

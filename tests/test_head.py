@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_poster, make_small_dataset, train_features
+from conftest import make_poster, make_small_dataset, run_cli, train_features
 from safetensors.numpy import load_file
 
 from postergenre.errors import PosterGenreError
@@ -84,18 +84,16 @@ def test_shipped_model_is_a_small_fine_tuned_lite0_run(tmp_path):
 def test_train_cli_fast_path_defaults_to_the_shipped_recipe(dataset, tmp_path):
     """`postergenre train --model efficientnet-lite0` on a CPU trains a head on cached
     features with the shipped model's head and pooling, unless options say otherwise."""
-    from typer.testing import CliRunner
-
-    from postergenre.cli import app
+    
 
     args = ["train", "--data", str(dataset), "--model", "efficientnet-lite0", "--epochs", "2",
             "--model-arg", f"input_size={list(SIZE)}", "--no-progress"]
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    result = run_cli(*args, "--out", str(tmp_path / "a"))
     assert result.exit_code == 0, result.output
     shipped = load_run(None).config.model_kwargs
     kwargs = load_run(tmp_path / "a").config.model_kwargs
     assert (kwargs["head"], kwargs["pool"]) == (shipped["head"], shipped["pool"])
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--head", "linear"])
+    result = run_cli(*args, "--out", str(tmp_path / "b"), "--head", "linear")
     assert result.exit_code == 0, result.output
     assert load_run(tmp_path / "b").config.model_kwargs["head"] == "linear"
     probs = Predictor.load(tmp_path / "b", backend="torch").predict_files(

@@ -13,8 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_poster, make_small_dataset, make_tiny_run
-from test_bad_input import assert_one_line_error, cli, prepare_args
+from conftest import (
+    assert_one_line_error,
+    cli,
+    make_poster,
+    make_small_dataset,
+    make_tiny_run,
+    prepare_args,
+)
 
 from postergenre.data.fetch import FetchConfig, FetchError, fetch
 from postergenre.data.inputs import expand_inputs, imdb_id, title_of
@@ -51,31 +57,31 @@ def report_of(out: Path) -> dict:
 # --- data prepare: labels and poster folders ---------------------------------------------
 
 
-def test_ids_that_overflow_or_are_not_finite_are_counted_missing(monkeypatch, capsys, twelve,
+def test_ids_that_overflow_or_are_not_finite_are_counted_missing(twelve,
                                                                  tmp_path) -> None:
     labels, posters = twelve
     odd = ["99999999999999999999999", "inf", "-inf", "nan", "1e400", "9223372036854775808",
            "²³", "1e3"]
     with labels.open("a", encoding="utf-8") as f:
         f.write("".join(f"{i},Odd,Drama\n" for i in odd))
-    code, out, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, out, err = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 0 and "Traceback" not in err
     report = report_of(tmp_path / "ds")
     assert report["rows"]["missing_id"] == len(odd) and report["rows"]["kept"] == 12
 
 
-def test_poster_names_with_non_ascii_digits_are_not_posters(monkeypatch, capsys, twelve,
+def test_poster_names_with_non_ascii_digits_are_not_posters(twelve,
                                                             tmp_path) -> None:
     labels, posters = twelve
     for name in ("²³.jpg", "١٢.jpg", "𝟙.png"):  # superscripts, Arabic-Indic, math digits
         shutil.copy(posters / "1.jpg", posters / name)
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, _, err = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 0 and "Traceback" not in err
     report = report_of(tmp_path / "ds")
     assert report["poster_files"]["not_a_poster"] == 3 and report["poster_files"]["kept"] == 12
 
 
-def test_link_loops_and_dangling_links_are_counted_unreadable(monkeypatch, capsys, twelve,
+def test_link_loops_and_dangling_links_are_counted_unreadable(twelve,
                                                               tmp_path) -> None:
     labels, posters = twelve
     os.symlink("14.jpg", posters / "13.jpg")  # 13 -> 14 -> 13: a loop
@@ -84,7 +90,7 @@ def test_link_loops_and_dangling_links_are_counted_unreadable(monkeypatch, capsy
     os.symlink(".", posters / "again")  # a folder loop: folders are not searched
     with labels.open("a") as f:
         f.write("13,Loop,Drama\n15,Dangling,Comedy\n")
-    code, out, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, out, err = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 0 and "Traceback" not in err
     report = report_of(tmp_path / "ds")
     assert report["poster_files"]["unreadable"] == 3
@@ -94,9 +100,9 @@ def test_link_loops_and_dangling_links_are_counted_unreadable(monkeypatch, capsy
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32), str(10**30)])
-def test_seed_out_of_range(monkeypatch, capsys, twelve, tmp_path, seed) -> None:
+def test_seed_out_of_range(twelve, tmp_path, seed) -> None:
     labels, posters = twelve
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"),
+    code, _, err = cli(*prepare_args(labels, posters, tmp_path / "ds"),
                        "--seed", seed)
     assert code in (1, 2) and "Traceback" not in err
     if code == 1:
@@ -105,28 +111,28 @@ def test_seed_out_of_range(monkeypatch, capsys, twelve, tmp_path, seed) -> None:
 
 
 @pytest.mark.parametrize("n", [3, 9])
-def test_a_data_set_too_small_to_split(monkeypatch, capsys, twelve, tmp_path, n) -> None:
+def test_a_data_set_too_small_to_split(twelve, tmp_path, n) -> None:
     _, posters = twelve
     labels = labels_file(tmp_path / "few.csv",
                          [f"{i},M{i},{'Drama' if i % 2 else 'Comedy'}" for i in range(1, n + 1)])
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, _, err = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 1
     assert_one_line_error(without_progress(err), labels, f"only {n} movies", "at least")
 
 
-def test_a_ratio_too_small_for_any_movie(monkeypatch, capsys, twelve, tmp_path) -> None:
+def test_a_ratio_too_small_for_any_movie(twelve, tmp_path) -> None:
     labels, posters = twelve
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"),
+    code, _, err = cli(*prepare_args(labels, posters, tmp_path / "ds"),
                        "--val", "0.01")
     assert code == 1
     assert_one_line_error(without_progress(err), labels, "too few for the val split")
 
 
 @pytest.mark.parametrize("genres", ["Drama", "Comedy|Drama"])
-def test_every_movie_with_the_same_genres(monkeypatch, capsys, twelve, tmp_path, genres) -> None:
+def test_every_movie_with_the_same_genres(twelve, tmp_path, genres) -> None:
     _, posters = twelve
     labels = labels_file(tmp_path / "same.csv", [f"{i},M{i},{genres}" for i in range(1, 13)])
-    code, _, err = cli(monkeypatch, capsys, *prepare_args(labels, posters, tmp_path / "ds"))
+    code, _, err = cli(*prepare_args(labels, posters, tmp_path / "ds"))
     assert code == 1
     assert_one_line_error(without_progress(err), labels, f"the genres {genres}")
 
@@ -146,24 +152,23 @@ def empty_split(dataset: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "why"), [("train", "prior"), ("val", "thresholds")])
-def test_evaluate_with_an_empty_train_or_val_split(monkeypatch, capsys, tiny, name, why) -> None:
+def test_evaluate_with_an_empty_train_or_val_split(tiny, name, why) -> None:
     run, dataset = tiny
     empty_split(dataset, name)
     (run / "thresholds.json").unlink()  # thresholds must then be tuned on val
-    code, _, err = cli(monkeypatch, capsys, "evaluate", run, "--data", dataset, "--backend",
+    code, _, err = cli("evaluate", run, "--data", dataset, "--backend",
                        "torch", "--bootstrap", "0", "--no-report")
     assert code == 1
     assert_one_line_error(err, dataset / f"{name}.csv", f"the {name} split is empty", why)
 
 
-def test_stats_with_an_empty_train_split_but_empty_test_is_fine(monkeypatch, capsys,
-                                                                tiny) -> None:
+def test_stats_with_an_empty_train_split_but_empty_test_is_fine(tiny) -> None:
     _, dataset = tiny
     empty_split(dataset, "test")
-    code, _, err = cli(monkeypatch, capsys, "data", "stats", dataset)
+    code, _, err = cli("data", "stats", dataset)
     assert code == 0, err
     empty_split(dataset, "train")
-    code, _, err = cli(monkeypatch, capsys, "data", "stats", dataset)
+    code, _, err = cli("data", "stats", dataset)
     assert code == 1
     assert_one_line_error(err, "train.csv", "prior")
 
@@ -177,21 +182,21 @@ def test_stats_with_an_empty_train_split_but_empty_test_is_fine(monkeypatch, cap
     (b"imdbId,poster,title,genres,Comedy,Drama,Horror\n1,p.jpg,A,Drama,0,yes,0\n", "0 or 1"),
 ], ids=["binary", "latin-1", "bad-id", "bad-label"])
 @pytest.mark.parametrize("command", ["evaluate", "stats"])
-def test_a_damaged_split_file(monkeypatch, capsys, tiny, data, reason, command) -> None:
+def test_a_damaged_split_file(tiny, data, reason, command) -> None:
     run, dataset = tiny
     (dataset / "test.csv").write_bytes(data)
     args = (["evaluate", run, "--data", dataset, "--backend", "torch", "--no-report"]
             if command == "evaluate" else ["data", "stats", dataset])
-    code, _, err = cli(monkeypatch, capsys, *args)
+    code, _, err = cli(*args)
     assert code == 1
     assert_one_line_error(err, dataset / "test.csv", reason)
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"genres": 3}', '["Drama"]', "\udcff"])
-def test_a_damaged_genre_list(monkeypatch, capsys, tiny, text) -> None:
+def test_a_damaged_genre_list(tiny, text) -> None:
     _, dataset = tiny
     (dataset / "genres.json").write_bytes(text.encode("utf-8", "surrogateescape"))
-    code, _, err = cli(monkeypatch, capsys, "data", "stats", dataset)
+    code, _, err = cli("data", "stats", dataset)
     assert code == 1
     assert_one_line_error(err, dataset / "genres.json")
 
@@ -209,7 +214,7 @@ def test_library_split_loader_allows_an_empty_test_split(tiny) -> None:
 # --- predict over many inputs -------------------------------------------------------------
 
 
-def test_an_empty_folder_among_the_inputs_does_not_abort_the_others(monkeypatch, capsys, tiny,
+def test_an_empty_folder_among_the_inputs_does_not_abort_the_others(tiny,
                                                                    tmp_path) -> None:
     run, _ = tiny
     good = make_poster(tmp_path / "in" / "7.jpg", seed=7)
@@ -218,7 +223,7 @@ def test_an_empty_folder_among_the_inputs_does_not_abort_the_others(monkeypatch,
     texts = tmp_path / "texts"  # a folder with files, none an image
     texts.mkdir()
     (texts / "notes.txt").write_text("hello")
-    code, out, err = cli(monkeypatch, capsys, "predict", "--model", run, "--backend", "torch",
+    code, out, err = cli("predict", "--model", run, "--backend", "torch",
                          empty, good, texts)
     assert code == 1
     assert "7.jpg" in out
@@ -228,10 +233,10 @@ def test_an_empty_folder_among_the_inputs_does_not_abort_the_others(monkeypatch,
     assert lines[-1] == "2 of 3 inputs failed" and "Traceback" not in err
 
 
-def test_only_empty_folders_fail_before_the_model_loads(monkeypatch, capsys, tmp_path) -> None:
+def test_only_empty_folders_fail_before_the_model_loads(tmp_path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, err = cli(monkeypatch, capsys, "predict", "--model", tmp_path / "no-run", empty)
+    code, out, err = cli("predict", "--model", tmp_path / "no-run", empty)
     assert code == 1 and out == ""
     assert err.strip().splitlines() == [f"error: {empty}: folder holds no poster images",
                                         "1 of 1 inputs failed"]
@@ -254,10 +259,10 @@ def test_a_malformed_url_names_the_url(url) -> None:
     assert message.startswith(f"{url}: ") and "\n" not in message
 
 
-def test_a_malformed_url_in_the_cli_is_one_line(monkeypatch, capsys, tiny, tmp_path) -> None:
+def test_a_malformed_url_in_the_cli_is_one_line(tiny, tmp_path) -> None:
     run, _ = tiny
     good = make_poster(tmp_path / "in" / "7.jpg", seed=7)
-    code, out, err = cli(monkeypatch, capsys, "predict", "--model", run, "--backend", "torch",
+    code, out, err = cli("predict", "--model", run, "--backend", "torch",
                          "http://host:1:1/x", good)
     assert code == 1 and "7.jpg" in out
     assert err.strip().splitlines()[0].startswith("error: http://host:1:1/x: malformed URL")
@@ -270,7 +275,7 @@ def test_a_malformed_url_in_the_cli_is_one_line(monkeypatch, capsys, tiny, tmp_p
     (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
      b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;", "too small"),
 ], ids=["empty", "html", "truncated", "1x1-gif"])
-def test_every_url_failure_names_the_url(monkeypatch, capsys, httpserver, tiny, tmp_path, body,
+def test_every_url_failure_names_the_url(httpserver, tiny, tmp_path, body,
                                          reason) -> None:
     run, _ = tiny
     if body is None:
@@ -278,7 +283,7 @@ def test_every_url_failure_names_the_url(monkeypatch, capsys, httpserver, tiny, 
         body = data[: len(data) // 2]
     httpserver.expect_request("/p.jpg").respond_with_data(body, content_type="image/jpeg")
     url = httpserver.url_for("/p.jpg")
-    code, _, err = cli(monkeypatch, capsys, "predict", "--model", run, "--backend", "torch", url)
+    code, _, err = cli("predict", "--model", run, "--backend", "torch", url)
     assert code == 1
     first = err.strip().splitlines()[0]
     assert first.startswith(f"error: {url}: ") and reason in first, err
@@ -341,7 +346,7 @@ def test_ids_in_file_names_use_ascii_digits_only() -> None:
 
 @pytest.mark.parametrize("error", [ValueError("boom\nsecond line"), KeyError("k"),
                                    ZeroDivisionError()])
-def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path, error) -> None:
+def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, tmp_path, error) -> None:
     import postergenre.cli.tables as stats
 
     def broken(*args, **kwargs):
@@ -349,7 +354,7 @@ def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path
 
     monkeypatch.setenv("POSTERGENRE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(stats, "genre_table", broken)
-    code, _, err = cli(monkeypatch, capsys, "data", "stats", tmp_path)
+    code, _, err = cli("data", "stats", tmp_path)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -361,22 +366,22 @@ def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys, tmp_path
     assert "Traceback" in text and "broken" in text and type(error).__name__ in text
 
 
-def test_the_guard_falls_back_to_the_temp_folder(monkeypatch, capsys, tmp_path) -> None:
+def test_the_guard_falls_back_to_the_temp_folder(monkeypatch, tmp_path) -> None:
     import postergenre.cli.tables as stats
 
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("POSTERGENRE_CACHE", str(blocker / "cache"))  # cannot be created
     monkeypatch.setattr(stats, "genre_table", lambda *a: 1 / 0)
-    code, _, err = cli(monkeypatch, capsys, "data", "stats", tmp_path)
+    code, _, err = cli("data", "stats", tmp_path)
     assert code == 1 and "this is a bug" in err
     log = Path(err.strip().rsplit(" ", 1)[-1])
     assert log.is_file() and "ZeroDivisionError" in log.read_text()
     log.unlink()
 
 
-def test_usage_errors_still_exit_2(monkeypatch, capsys) -> None:
-    code, _, err = cli(monkeypatch, capsys, "predict", "--no-such-option", "x.jpg")
+def test_usage_errors_still_exit_2(capsys) -> None:
+    code, _, err = cli("predict", "--no-such-option", "x.jpg")
     assert code == 2 and "this is a bug" not in err
 
 

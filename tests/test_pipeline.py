@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_small_dataset
+from conftest import make_small_dataset, run_cli
 from safetensors.torch import load_file
 
 from postergenre.data.dataset import load_split
@@ -112,18 +112,14 @@ def test_out_must_not_be_the_dataset_or_another_folder(dataset, tmp_path):
 
 
 def test_cli_takes_only_its_own_options(dataset, tmp_path):
-    from typer.testing import CliRunner
-
-    from postergenre.cli import app
-
     base = ["train", "--recipe", "shipped", "--out", str(tmp_path / "out"), "--no-progress"]
-    result = CliRunner().invoke(app, [*base, "--data", str(dataset), "--epochs", "3"])
-    assert result.exit_code != 0 and "--epochs does not apply to --recipe shipped" in str(
-        result.exception)
-    result = CliRunner().invoke(app, base)
-    assert result.exit_code != 0 and "--data is required" in str(result.exception)
+    result = run_cli(*base, "--data", str(dataset), "--epochs", "3")
+    assert result.exit_code == 1
+    assert "--epochs does not apply to --recipe shipped" in result.stderr
+    result = run_cli(*base)
+    assert result.exit_code == 1 and "--data is required" in result.stderr
     assert not (tmp_path / "out").exists()
-    result = CliRunner().invoke(app, [*base, "--data", str(dataset), "--time-limit", "0"])
+    result = run_cli(*base, "--data", str(dataset), "--time-limit", "0")
     assert result.exit_code == 0, result.output
     assert "rerun the same command to resume" in result.output
     state = json.loads((tmp_path / "out" / STATE).read_text())

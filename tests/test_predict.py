@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_poster, make_tiny_run
-from typer.testing import CliRunner
+from conftest import make_poster, make_tiny_run, run_cli
 
 from postergenre import predict as P
-from postergenre.cli import app
 from postergenre.data.fetch import FetchError
 from postergenre.data.inputs import expand_inputs, file_name, load_titles, read_input, title_of
 from postergenre.errors import InvalidImageError, PosterGenreError
@@ -95,7 +93,7 @@ def test_read_input_fetches_urls_and_names_them_in_errors(httpserver, posters):
 
 
 def _invoke(*args: str):
-    return CliRunner().invoke(app, ["predict", "--backend", "torch", *args])
+    return run_cli("predict", "--backend", "torch", *args)
 
 
 def test_cli_json_lines(tiny_run, posters):
@@ -187,7 +185,7 @@ def test_titles_of_the_shipped_models_dataset_are_found(tmp_path, monkeypatch):
     dataset.rename(where)
     monkeypatch.chdir(tmp_path)
     poster = where.parent / "build" / "p" / "0.jpg"
-    result = CliRunner().invoke(app, ["predict", str(poster), "--backend", "torch"])
+    result = run_cli("predict", str(poster), "--backend", "torch")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("t0 ")  # the title, not the file name
 

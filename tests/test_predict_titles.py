@@ -7,10 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_poster, make_tiny_run
-from typer.testing import CliRunner
+from conftest import make_poster, make_tiny_run, run_cli
 
-from postergenre.cli import app
 from postergenre.models.text import Fusion, TitleModel
 from postergenre.predict import Predictor
 from postergenre.train.text import save_text
@@ -55,7 +53,7 @@ def test_fused_only_with_a_title(runs) -> None:
 
 
 def _invoke(*args: str):
-    return CliRunner().invoke(app, ["predict", "--backend", "torch", "--format", "json", *args])
+    return run_cli("predict", "--backend", "torch", "--format", "json", *args)
 
 
 def test_cli_title(runs) -> None:
@@ -87,22 +85,20 @@ def test_evaluate_prints_poster_only_and_fused_side_by_side(runs, tmp_path) -> N
 
     plain, fused, _ = runs
     dataset = make_small_dataset(tmp_path, GENRES, (6, 3, 12))
-    result = CliRunner().invoke(app, ["evaluate", str(fused), "--data", str(dataset),
+    result = run_cli("evaluate", str(fused), "--data", str(dataset),
                                       "--backend", "torch", "--no-report", "--bootstrap", "0",
-                                      "--out", str(tmp_path / "e")])
+                                      "--out", str(tmp_path / "e"))
     assert result.exit_code == 0, result.output
     assert "poster only" in result.output and "poster + title" in result.output
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["fused"]["posters_with_title"] == 12
     assert metrics["fused"]["micro_ap"] != metrics["model"]["micro_ap"]
-    result = CliRunner().invoke(app, ["evaluate", str(plain), "--data", str(dataset),
-                                      "--backend", "torch", "--no-report", "--bootstrap", "0",
-                                      "--out", str(tmp_path / "p")])
+    result = run_cli("evaluate", str(plain), "--data", str(dataset), "--backend", "torch",
+                     "--no-report", "--bootstrap", "0", "--out", str(tmp_path / "p"))
     assert result.exit_code == 0 and "poster + title" not in result.output
     assert "fused" not in json.loads((tmp_path / "p" / "metrics.json").read_text())
-    result = CliRunner().invoke(app, ["evaluate", str(fused), "--data", str(dataset),
-                                      "--backend", "torch", "--no-report", "--bootstrap", "0",
-                                      "--no-titles", "--out", str(tmp_path / "n")])
+    result = run_cli("evaluate", str(fused), "--data", str(dataset), "--backend", "torch",
+                     "--no-report", "--bootstrap", "0", "--no-titles", "--out", str(tmp_path / "n"))
     assert result.exit_code == 0 and "poster + title" not in result.output
     assert "fused" not in json.loads((tmp_path / "n" / "metrics.json").read_text())
 
@@ -111,13 +107,13 @@ def test_explain_lists_the_title_words_that_pushed_each_genre(runs, tmp_path) ->
     plain, fused, posters = runs
     args = ["explain", str(posters[0]), "--genre", "Horror", "--title", "Zombie Blood (1985)",
             "--out", str(tmp_path / "x")]
-    result = CliRunner().invoke(app, [*args, "--model", str(fused)])
+    result = run_cli(*args, "--model", str(fused))
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.strip().startswith("Horror:"))
     words = dict(w.rsplit(" ", 1) for w in line.split(":", 1)[1].strip().split(", "))
     assert float(words["zombie"]) > 0  # the training titles made "zombie" a Horror word
-    result = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "y"), "--model",
-                                      str(plain)])
+    result = run_cli(*args[:-2], "--out", str(tmp_path / "y"), "--model",
+                                      str(plain))
     assert result.exit_code == 0 and "Horror:" not in result.output
 
 

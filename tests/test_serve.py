@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import re
-import socket
-import struct
 import threading
-import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,75 +14,20 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from conftest import make_poster
+from conftest import RUN_GENRES as GENRES
+from conftest import RUN_INPUT_SIZE as INPUT_SIZE
+from conftest import bomb_png, make_poster, make_run, run_cli, running_server
 from fastapi.testclient import TestClient
 from PIL import Image
-from typer.testing import CliRunner
 
-from postergenre.cli import app as cli_app
-from postergenre.errors import RunError
-from postergenre.io import save_weights
-from postergenre.models import create_model
 from postergenre.predict import Predictor
-from postergenre.run import RunConfig, save_thresholds, write_config
 from postergenre.serve import Limits, create_app
 from postergenre.serve.app import STATIC
 from postergenre.serve.batcher import Batcher
 
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
-INPUT_SIZE = (96, 80)
-
-
-def make_run(path: Path, seed: int = 0) -> Path:
-    """A tiny custom-cnn run folder with random weights and uneven thresholds."""
-    torch.manual_seed(seed)
-    model = create_model("custom-cnn", len(GENRES), input_size=INPUT_SIZE)
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():  # spread the outputs: distinct probabilities that depend on the image
-        last.weight.mul_(300)
-        last.bias.copy_(torch.linspace(-1.5, 1.5, len(GENRES)))
-    save_weights(model, path / "weights.safetensors")
-    write_config(path, RunConfig(model="custom-cnn", model_kwargs={"input_size": list(INPUT_SIZE)},
-                                 genres=tuple(GENRES), input_size=INPUT_SIZE))
-    save_thresholds(path, dict(zip(GENRES, [0.2, 0.4, 0.5, 0.6, 0.8], strict=True)))
-    return path
-
-
-@contextlib.contextmanager
-def running_server(app) -> Iterator[str]:
-    """Run `app` under uvicorn in a thread on a free loopback port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
 
 def jpeg_bytes(tmp_path: Path, seed: int = 0) -> bytes:
     return make_poster(tmp_path / f"p{seed}.jpg", seed=seed).read_bytes()
-
-
-def bomb_png() -> bytes:
-    """A valid tiny PNG whose header claims 30000 x 30000 pixels."""
-    buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of header fields
-    ihdr[4:12] = struct.pack(">II", 30000, 30000)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -337,8 +277,7 @@ def test_docs_page_uses_no_cdn(client):
 
 
 def test_cli_serve_explains_itself_and_reports_a_bad_model(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(cli_app, ["serve", "--help"])
+    result = run_cli("serve", "--help")
     assert result.exit_code == 0 and "/predict" in result.output
-    result = runner.invoke(cli_app, ["serve", "--model", str(tmp_path / "nope")])
-    assert isinstance(result.exception, RunError)  # main() prints it as one line, exit 1
+    result = run_cli("serve", "--model", str(tmp_path / "nope"))
+    assert result.exit_code == 1 and result.stderr.startswith(f"error: {tmp_path / 'nope'}")

@@ -22,49 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_poster
-from test_serve import make_run, running_server
+from conftest import CHROMEDRIVER, CHROMIUM, make_poster, make_run, running_server
 
 from postergenre.predict import Predictor
 from postergenre.serve import create_app
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 STRACE = shutil.which("strace")
 UNDER_STRACE = "POSTERGENRE_UNDER_STRACE"  # set in the traced run, so that it does not recurse
-OFFLINE_FLAGS = (
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-quic", "--disable-domain-reliability", "--disable-client-side-phishing-detection",
-    "--disable-default-apps", "--disable-extensions", "--disable-breakpad",
-    "--no-first-run", "--no-default-browser-check", "--no-pings", "--metrics-recording-only",
-    "--safebrowsing-disable-auto-update", "--dns-prefetch-disable",
-    "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,"
-    "CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions,NetworkTimeServiceQuerying",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-)
-
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver absent"),
 ]
-
-
-@pytest.fixture
-def browser(tmp_path, monkeypatch):
-    monkeypatch.setenv("SE_AVOID_STATS", "true")  # no usage statistics from Selenium
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # with the driver path below: no Selenium Manager
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", *OFFLINE_FLAGS,
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-                 "--window-size=1000,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_upload_through_the_page_shows_bars_best_first(browser, tmp_path):

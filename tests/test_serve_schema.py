@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import schemathesis
 import torch
+from conftest import make_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
-from test_serve import make_run
 
 from postergenre.predict import Predictor
 from postergenre.serve import Limits, create_app

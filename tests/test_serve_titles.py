@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_poster
+from conftest import CHROMEDRIVER, CHROMIUM, make_poster, make_run, running_server
+from conftest import RUN_GENRES as GENRES
 from fastapi.testclient import TestClient
-from test_serve import GENRES, make_run, running_server
-from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (the fixture)
 
 from postergenre.models.text import Fusion, TitleModel
 from postergenre.predict import Predictor

@@ -7,13 +7,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import make_poster
+from conftest import make_dataset, run_cli
 from safetensors.torch import load_file
 
-from postergenre.data.dataset import write_genres, write_split
 from postergenre.errors import PosterGenreError, RunError
 from postergenre.run import load_run, read_history
 from postergenre.train.augment import apply_affine, random_affine
@@ -22,24 +20,6 @@ from postergenre.train.recipes import RECIPES, make_config
 
 GENRES = ["Action", "Comedy", "Drama"]
 TINY = {"input_size": [76, 76]}
-
-
-def make_dataset(root: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """A dataset folder of synthetic posters whose colour hints at the genres."""
-    sizes = sizes or {"train": 24, "val": 8, "test": 8}
-    rng = np.random.default_rng(seed)
-    write_genres(root, GENRES)
-    i = 0
-    for split, n in sizes.items():
-        rows = []
-        for _ in range(n):
-            labels = [g for g in GENRES if rng.random() < 0.4] or ["Drama"]
-            path = make_poster(root / "posters" / f"{i}.jpg", seed=i, size=(60, 90))
-            rows.append({"imdbId": i, "poster": str(path), "title": f"t{i}",
-                         "genres": "|".join(labels)})
-            i += 1
-        write_split(root, split, pd.DataFrame(rows), GENRES)
-    return root
 
 
 pytestmark = pytest.mark.usefixtures("isolated")
@@ -156,21 +136,19 @@ def test_augmentation_keeps_rotations_rigid_on_non_square_images():
 
 
 def test_cli_trains_and_resumes(tmp_path):
-    from typer.testing import CliRunner
-
-    from postergenre.cli import app
+    
 
     data = make_dataset(tmp_path / "data")
     args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model",
             "custom-cnn", "--model-arg", "input_size=[76,76]", "--epochs", "1",
             "--batch-size", "8", "--loss", "asl", "--pos-weight", "--no-progress"]
-    result = CliRunner().invoke(app, args)
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     config = load_run(tmp_path / "run").config
     assert config.train["loss"] == "asl" and config.train["pos_weight"] is True
     assert config.model_kwargs == TINY
-    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--resume",
-                                      "--no-progress"])
+    result = run_cli("train", "--out", str(tmp_path / "run"), "--resume",
+                                      "--no-progress")
     assert result.exit_code == 0, result.output
     assert len(read_history(tmp_path / "run")) == 1
 

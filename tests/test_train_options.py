@@ -7,10 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_small_dataset, make_tiny_run, train_features
-from typer.testing import CliRunner
+from conftest import make_small_dataset, make_tiny_run, run_cli, train_features
 
-from postergenre.cli import app
 from postergenre.errors import PosterGenreError
 from postergenre.run import load_run
 
@@ -25,9 +23,8 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def train(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["train", "--no-progress", *args])
-    message = str(result.exception) if isinstance(result.exception, PosterGenreError) else ""
-    return result.exit_code, message + result.output
+    result = run_cli("train", "--no-progress", *args)
+    return result.exit_code, result.output
 
 
 CNN = ["--model", "custom-cnn", "--model-arg", "input_size=[80,80]", "--epochs", "1"]
@@ -92,10 +89,10 @@ def test_a_finished_run_of_any_mode_is_never_overwritten(dataset, tmp_path):
 
 
 def test_deprecated_freeze_still_works_and_says_so(dataset, tmp_path):
-    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out",
+    result = run_cli("train", "--data", str(dataset), "--out",
                                       str(tmp_path / "r"), "--model", "efficientnet-lite0",
                                       "--model-arg", "input_size=[64,48]", "--epochs", "1",
-                                      "--freeze", "all", "--no-progress"])
+                                      "--freeze", "all", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "--freeze is deprecated" in result.output
     assert load_run(tmp_path / "r").train_settings["mode"] == "features"
@@ -105,8 +102,8 @@ def test_export_never_writes_over_its_run(tmp_path):
     run = make_tiny_run(tmp_path / "run", GENRES)
     weights = (run / "weights.safetensors").read_bytes()
     for target in (run / "weights.safetensors", run / "model.onnx"):
-        result = CliRunner().invoke(app, ["export", str(run), str(target)])
-        assert result.exit_code == 1 and "inside the run folder" in str(result.exception)
+        result = run_cli("export", str(run), str(target))
+        assert result.exit_code == 1 and "inside the run folder" in result.stderr
     assert (run / "weights.safetensors").read_bytes() == weights
     assert not (run / "model.onnx").exists()
 
@@ -117,11 +114,11 @@ def test_export_never_writes_over_its_run(tmp_path):
 ])
 def test_export_options_are_checked(tmp_path, args, expected):
     run = make_tiny_run(tmp_path / "run", GENRES)
-    result = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "m.onnx"), *args])
-    assert result.exit_code == 1 and expected in str(result.exception)
+    result = run_cli("export", str(run), str(tmp_path / "m.onnx"), *args)
+    assert result.exit_code == 1 and expected in result.stderr
     (tmp_path / "file").write_text("x")
-    result = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "file" / "m.onnx")])
-    assert result.exit_code == 1 and "is a file" in str(result.exception)
+    result = run_cli("export", str(run), str(tmp_path / "file" / "m.onnx"))
+    assert result.exit_code == 1 and "is a file" in result.stderr
 
 
 def test_a_killed_writes_leftover_is_removed_by_the_next_write(tmp_path):
@@ -153,11 +150,8 @@ def test_a_damaged_run_folder_is_one_line_naming_the_file(tmp_path, damage, expe
     args = {"predict": [str(poster), "--model", str(run), "--backend", "onnx"],
             "evaluate": [str(run), "--data", str(tmp_path / "d" / "ds")],
             "export": [str(run), str(tmp_path / "m.onnx")]}[command[0]]
-    result = CliRunner().invoke(app, [*command, *args])
-    message = str(result.exception) if isinstance(result.exception, PosterGenreError) else ""
-    assert result.exit_code == 1 and expected in message + result.output, \
-        (message, result.output)
-
+    result = run_cli(*command, *args)
+    assert result.exit_code == 1 and expected in result.stderr, result.output
 
 def postergenre(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                 *args: str) -> tuple[int, str]:
@@ -264,7 +258,7 @@ def test_python_and_the_command_make_the_same_run(dataset, tmp_path, monkeypatch
 def test_every_default_in_the_train_help_is_the_librarys():
     from postergenre.train.recipes import MODE_DEFAULTS, TrainConfig
 
-    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    result = run_cli("train", "--help", env={"COLUMNS": "400"})
     text = " ".join(result.output.split())
     assert f"features {MODE_DEFAULTS['features']['epochs']}" in text
     assert f"finetune {MODE_DEFAULTS['finetune']['lr']}" in text
@@ -277,6 +271,7 @@ def test_the_commands_defaults_are_the_librarys():
 
     import typer.main
 
+    from postergenre.cli import app
     from postergenre.data.download import DownloadConfig
     from postergenre.data.prepare import prepare_dataset
     from postergenre.evaluate.int8 import quantize_run

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_poster
+from conftest import make_poster, run_cli
 
 from postergenre.data.dataset import load_split, write_genres, write_split
 from postergenre.predict import Predictor
@@ -69,22 +69,17 @@ def test_trained_run_has_a_title_model_that_changes_scores(tmp_path):
 
 
 def test_no_titles_trains_a_poster_only_run(tmp_path):
-    from typer.testing import CliRunner
-
-    from postergenre.cli import app
-
     data = make_dataset(tmp_path / "data")
     args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model",
             "custom-cnn", "--model-arg", "input_size=[76,76]", "--epochs", "1",
             "--batch-size", "8", "--no-titles", "--no-progress"]
-    result = CliRunner().invoke(app, args)
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "run" / "text").exists()
     assert load_run(tmp_path / "run").config.text is None
     assert load_run(tmp_path / "run").train_settings["titles"] is False
     # the resumed run keeps its own choice
-    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--resume",
-                                      "--no-progress"])
+    result = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--no-progress")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "run" / "text").exists()
 

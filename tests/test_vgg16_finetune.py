@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_small_dataset
+from conftest import make_small_dataset, run_cli
 from safetensors.numpy import load_file
-from typer.testing import CliRunner
 
-from postergenre.cli import app
 from postergenre.data.dataset import load_split
 from postergenre.errors import PosterGenreError
 from postergenre.models import create_model
@@ -95,10 +93,10 @@ def test_finetune_starts_from_the_backbone_for_vgg16_only(dataset, tmp_path, wei
 def test_a_cpu_run_trains_block5_and_loads_like_an_end_to_end_run(dataset, tmp_path, weights):
     path, frozen = weights
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, [
+    result = run_cli(
         "train", "--data", str(dataset), "--recipe", "seed-vgg16", "--backbone-weights",
         str(path), "--model-arg", "input_size=[48,32]", "--epochs", "2", "--device", "cpu",
-        "--out", str(out), "--no-progress"])
+        "--out", str(out), "--no-progress")
     assert result.exit_code == 0, result.output
     run = load_run(out)
     assert (run.train_settings["mode"], run.train_settings["augment"]) == ("finetune", False)
@@ -116,7 +114,7 @@ def test_a_cpu_run_trains_block5_and_loads_like_an_end_to_end_run(dataset, tmp_p
     rows = extract_features(val.paths, spec, np.float16)  # the cached trunk, no mirror
     np.testing.assert_allclose(served, probs_of(lambda r: model.tail_logits(r, 24), rows),
                                atol=2e-3)
-    result = CliRunner().invoke(app, ["evaluate", str(out), "--data", str(dataset)])
+    result = run_cli("evaluate", str(out), "--data", str(dataset))
     assert result.exit_code == 0, result.output
     assert (out / "metrics.json").is_file()
 

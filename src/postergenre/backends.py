@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from postergenre.errors import RunError
+
+if TYPE_CHECKING:  # imported where used: the CLI's help reads BACKENDS without them
+    import numpy as np
+    import torch
+    from torch import nn
 
 BACKENDS: dict[str, str] = {
     "auto": "onnx when onnxruntime is installed and the device is the CPU, else torch",
@@ -74,13 +76,17 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+        import torch
+
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
-    @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
-        return torch.sigmoid(self.model(x)).float().cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
+            return torch.sigmoid(self.model(x)).float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -98,6 +104,8 @@ class OnnxBackend:
         self.session = make_session(self.path, threads)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         x = np.ascontiguousarray(batch, dtype=np.float32)
         parts = [self.session.run([OUTPUT], {INPUT: x[i : i + self.chunk]})[0]
                  for i in range(0, len(x), self.chunk)]

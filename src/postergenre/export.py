@@ -16,11 +16,11 @@ import json
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from postergenre.backends import INPUT, OUTPUT, make_session
 from postergenre.data.images import load_poster_batch
@@ -30,16 +30,8 @@ from postergenre.io import atomic_write_bytes, atomic_write_json
 from postergenre.paths import cache_dir
 from postergenre.run import INT8_CARD, WEIGHTS, Run
 
-
-class _WithSigmoid(nn.Module):
-    """The model followed by a sigmoid: the exported graph returns probabilities."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(x))
+if TYPE_CHECKING:  # torch is imported where a graph is exported: a cached graph needs none
+    from torch import nn
 
 
 def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[int, int],
@@ -51,6 +43,8 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
     Uses PyTorch's TorchScript-based exporter (`dynamo=False`): it needs no extra package and
     handles every model in the registry; its deprecation warning is silenced.
     """
+    import torch
+
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise RunError(f"--opset {opset}: the exporter supports {MIN_OPSET} to {MAX_OPSET}")
     path = Path(path)
@@ -82,7 +76,10 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int],
                 opset: int = ONNX_OPSET, metadata: dict[str, str] | None = None) -> Path:
     """Write `model` (logits out) as an ONNX graph returning probabilities, atomically."""
-    return export_graph(_WithSigmoid(model), path, input_size, opset=opset, metadata=metadata)
+    from torch import nn
+
+    with_sigmoid = nn.Sequential(OrderedDict(model=model, sigmoid=nn.Sigmoid()))
+    return export_graph(with_sigmoid, path, input_size, opset=opset, metadata=metadata)
 
 
 def run_metadata(run: Run) -> dict[str, str]:

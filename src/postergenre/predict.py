@@ -14,16 +14,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from postergenre.backends import BACKENDS, OnnxBackend, TorchBackend, onnx_available
 from postergenre.data.images import PosterSource, load_poster_batch
 from postergenre.data.inputs import read_input
 from postergenre.errors import PosterGenreError
 from postergenre.run import Run, TitleSide, load_run
+
+if TYPE_CHECKING:  # the onnx path imports no torch
+    import torch
 
 
 def make_backend(run: Run, backend: str = "auto", device: str = "cpu"):
@@ -73,7 +75,7 @@ class Predictor:
 
     def predict_proba(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N, 3, H, W) float in [0, 1] -> (N, n_genres) probabilities."""
-        x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images, np.float32)
+        x = np.asarray(images, np.float32)  # a CPU torch tensor converts without a copy
         out = [self.backend(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.genres)), np.float32)
 

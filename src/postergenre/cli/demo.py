@@ -10,22 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import typer
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from postergenre.cli.formats import format_table_row  # noqa: E402
-from postergenre.cli.tables import genre_table, render_cleaning_report  # noqa: E402
-from postergenre.data.dataset import SPLITS, load_split  # noqa: E402
-from postergenre.data.images import open_poster  # noqa: E402
-from postergenre.data.prepare import prepare_dataset  # noqa: E402
-from postergenre.io import atomic_open, ensure_writable_dir  # noqa: E402
-from postergenre.paths import sample_dir  # noqa: E402
-from postergenre.predict import Predictor, predict_stream  # noqa: E402
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def draw_predictions(posters: Sequence[Path], titles: Sequence[str],
@@ -33,8 +23,16 @@ def draw_predictions(posters: Sequence[Path], titles: Sequence[str],
                      out: Path, columns: int = 6) -> Path:
     """A grid of posters, each captioned with its top-3 genres and (in grey) its true genres."""
     rows = -(-len(posters) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.4, rows * 4.4), squeeze=False,
-                             gridspec_kw={"hspace": 0.55, "wspace": 0.1})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from postergenre.data.images import open_poster
+    from postergenre.io import atomic_open
+
+    fig = Figure(figsize=(columns * 2.4, rows * 4.4))
+    FigureCanvasAgg(fig)  # matplotlib's object API: no pyplot, no global backend
+    axes = fig.subplots(rows, columns, squeeze=False,
+                        gridspec_kw={"hspace": 0.55, "wspace": 0.1})
     for ax in axes.flat:
         ax.axis("off")
     for ax, path, title, best, true in zip(axes.flat, posters, titles, top, truth, strict=False):
@@ -54,13 +52,22 @@ def draw_predictions(posters: Sequence[Path], titles: Sequence[str],
     fig.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.03)
     with atomic_open(out, "wb") as f:
         fig.savefig(f, format="png", dpi=90)
-    plt.close(fig)
     return out
 
 
 def run_demo(out: str | Path = "demo-output", model: str | Path | None = None,
              console: Console | None = None) -> Path:
     """Run the demo into `out`; returns the path of the picture."""
+    from rich.console import Console
+
+    from postergenre.cli.formats import format_table_row
+    from postergenre.cli.tables import genre_table, render_cleaning_report
+    from postergenre.data.dataset import SPLITS, load_split
+    from postergenre.data.prepare import prepare_dataset
+    from postergenre.io import ensure_writable_dir
+    from postergenre.paths import sample_dir
+    from postergenre.predict import Predictor, predict_stream
+
     console = console or Console()
     out = ensure_writable_dir(out)
     sample = sample_dir()

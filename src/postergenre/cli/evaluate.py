@@ -9,7 +9,6 @@ import typer
 
 from postergenre.backends import BACKEND_HELP
 from postergenre.cli.progress import progress_bar
-from postergenre.data.dataset import SPLITS
 
 
 def evaluate(
@@ -36,7 +35,7 @@ def evaluate(
     precision/recall@k, each beside the prior (constant train genre frequencies), with
     bootstrap 95% intervals. Writes metrics.json and a self-contained report.html.
     """
-    from postergenre.data.dataset import load_split
+    from postergenre.data.dataset import SPLITS, load_split
     from postergenre.run import load_run
     from postergenre.scoring import evaluate_run
 

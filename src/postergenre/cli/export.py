@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from postergenre.defaults import INT8_MAX_AP_DROP, INT8_SPLITS, MAX_OPSET, MIN_OPSET, ONNX_OPSET
@@ -40,6 +39,8 @@ def export(
 
     With --int8 the graph is quantised and kept only if it passes a check on held-out posters.
     """
+    import numpy as np
+
     from postergenre.backends import TorchBackend, make_session
     from postergenre.export import export_onnx, run_metadata
     from postergenre.run import load_run

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from postergenre.backends import BACKEND_HELP
@@ -60,6 +59,8 @@ def predict(
     after 15 s without a byte or 30 s in all, and tried up to 3 times on a timeout, a broken
     connection or a server error.
     """
+    import numpy as np
+
     from postergenre.cli.formats import FORMATS, csv_header, csv_row, format_table_row
     from postergenre.data.inputs import (
         expand_inputs,

@@ -18,13 +18,16 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from postergenre.errors import DatasetError
 from postergenre.genres import parse_genres
 from postergenre.io import atomic_open, atomic_write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPLITS = ("train", "val", "test")
 BASE_COLUMNS = ["imdbId", "poster", "title", "genres"]
@@ -104,6 +107,8 @@ def load_split(dataset: str | Path, name: str, allow_empty: bool | None = None) 
     if not path.is_file():
         raise DatasetError(f"{path}: split file is missing")
     text = read_text(path, "the split file")
+    import pandas as pd  # here: the CLI's help reads this module's names without pandas
+
     try:
         df = pd.read_csv(io.StringIO(text), dtype={"poster": str, "title": str, "genres": str},
                          keep_default_na=False)
@@ -137,6 +142,8 @@ def load_split(dataset: str | Path, name: str, allow_empty: bool | None = None) 
 
 def write_split(dataset: str | Path, name: str, table: pd.DataFrame, genres: list[str]) -> Path:
     """Write a split atomically. `table` has imdbId, poster, title and genres ('A|B') columns."""
+    import pandas as pd
+
     out = table[BASE_COLUMNS].copy()
     index = {g: i for i, g in enumerate(genres)}
     y = np.zeros((len(out), len(genres)), dtype=np.uint8)

@@ -18,20 +18,22 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from postergenre.errors import InvalidImageError, NotAnImageError
 
-# Pillow's guard against decompression bombs: refuse images above this many pixels.
+if TYPE_CHECKING:
+    import torch
+
 # Poster file endings, in order of preference (when one id has two files, the first wins).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# The guard against decompression bombs, checked on every open from the image's header before
+# any pixel is decoded (Pillow's global MAX_IMAGE_PIXELS is left as the process has it).
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8  # a 1x1 "poster" is a tracking pixel, not a poster
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 PosterSource = str | os.PathLike | bytes
 
@@ -126,5 +128,7 @@ def load_poster_batch(sources: Sequence[PosterSource], size: tuple[int, int],
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """(H, W, 3) or (N, H, W, 3) uint8 -> (3, H, W) or (N, 3, H, W) float32 in [0, 1]."""
+    import torch
+
     t = torch.from_numpy(np.require(array, requirements=("C", "W")))  # writable copy if needed
     return t.movedim(-1, -3).float().div_(255.0)

@@ -74,17 +74,17 @@ def load_labels(dataset: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:
 
 def plot_genre_distribution(dataset: str | Path, out: str | Path) -> Path:
     """Write a horizontal bar chart of movies per genre, stacked by split, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from postergenre.io import atomic_open
 
     genres, splits = load_labels(dataset)
     counts = {name: y.sum(axis=0) for name, y in splits.items()}
     order = np.argsort(sum(counts.values()), kind="stable")  # most frequent on top
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(genres) + 1.5))
+    fig = Figure(figsize=(8, 0.28 * len(genres) + 1.5))
+    FigureCanvasAgg(fig)  # matplotlib's object API: no pyplot, no global backend
+    ax = fig.subplots()
     left = np.zeros(len(genres))
     for name, c in counts.items():
         bars = ax.barh([genres[i] for i in order], c[order], left=left[order], label=name)
@@ -98,5 +98,4 @@ def plot_genre_distribution(dataset: str | Path, out: str | Path) -> Path:
     out = Path(out)
     with atomic_open(out, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
     return out

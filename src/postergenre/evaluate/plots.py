@@ -1,6 +1,8 @@
-"""The report's figures: matplotlib (Agg) figures rendered to PNG bytes.
+"""The report's figures: matplotlib figures rendered to PNG bytes by the Agg canvas.
 
 Each function takes plain arrays (y_true (n, G) 0/1, scores (n, G)) and returns PNG bytes.
+Figures are made with matplotlib's object API (`Figure` on a `FigureCanvasAgg`), never pyplot:
+no global backend or figure registry is touched.
 """
 
 from __future__ import annotations
@@ -8,20 +10,24 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve
 
 DPI = 100
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -29,7 +35,8 @@ def ap_vs_prevalence(genres: Sequence[str], ap: np.ndarray, prevalence: np.ndarr
                      in_macro: np.ndarray) -> bytes:
     """Per-genre AP against prevalence; the diagonal is the prior (constant scores have
     AP = prevalence)."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = _figure((7, 5))
+    ax = fig.subplots()
     ok = ~np.isnan(ap) & (prevalence > 0)
     for mask, style in ((ok & in_macro, dict(c="tab:blue", label="in macro averages")),
                         (ok & ~in_macro, dict(c="tab:gray", label="too few positives"))):
@@ -49,8 +56,9 @@ def ap_vs_prevalence(genres: Sequence[str], ap: np.ndarray, prevalence: np.ndarr
 def pr_curves(y_true: np.ndarray, scores: np.ndarray, genres: Sequence[str],
               columns: Sequence[int]) -> bytes:
     """Precision-recall curves of the given genres, each with its prior (prevalence) as a line."""
-    fig, ax = plt.subplots(figsize=(7, 5))
-    colors = plt.get_cmap("tab10")
+    fig = _figure((7, 5))
+    ax = fig.subplots()
+    colors = colormaps["tab10"]
     for i, j in enumerate(columns):
         precision, recall, _ = precision_recall_curve(y_true[:, j], scores[:, j])
         color = colors(i % 10)
@@ -73,7 +81,8 @@ def reliability(y_true: np.ndarray, scores: np.ndarray, bins: int = 10) -> tuple
     mean_p = np.bincount(which, p, bins)[seen] / count[seen]
     freq = np.bincount(which, y, bins)[seen] / count[seen]
     ece = float(np.sum(count[seen] * np.abs(freq - mean_p)) / max(len(p), 1))
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 6.5), height_ratios=(3, 1), sharex=True)
+    fig = _figure((6, 6.5))
+    ax, hist = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
     ax.plot(mean_p, freq, "o-", color="tab:red", label=f"model (ECE {ece:.3f})")
     ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
@@ -97,7 +106,8 @@ def cooccurrence(y_true: np.ndarray, y_pred: np.ndarray, genres: Sequence[str]) 
         np.fill_diagonal(cond, np.nan)
         conds.append(cond)
     vmax = float(np.nanmax(conds[0])) if np.isfinite(conds[0]).any() else 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    fig = _figure((13, 6))
+    axes = fig.subplots(1, 2)
     for ax, cond, title in zip(axes, conds, ("true labels", "predicted (tuned thresholds)"),
                                strict=True):
         image = ax.imshow(cond, vmin=0, vmax=vmax, cmap="viridis")

@@ -23,7 +23,7 @@ FILTERS = (16, 32, 64, 64)
 class Dropout(nn.Dropout):
     """`nn.Dropout` whose mask is made of random bytes, eight from each 64-bit draw: the same
     distribution when 256 p is a whole number (the 0.25 and 0.5 here), and several times
-    cheaper on a CPU than `bernoulli_` (benchmarks/bench_step.py). Any other p, a tensor off
+    cheaper on a CPU than `bernoulli_` (docs/benchmarks.md). Any other p, a tensor off
     the CPU or `inplace` goes through `nn.Dropout`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

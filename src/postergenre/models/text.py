@@ -21,14 +21,16 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from postergenre.data.titles import fold_title, parse_title
 from postergenre.errors import RunError
 from postergenre.io import atomic_write_json, save_weights
+
+if TYPE_CHECKING:  # scipy is imported where features are built: loading a model needs none
+    import scipy.sparse as sp
 
 YEAR_ENCODINGS = ("none", "decade", "decade+5y")
 FIRST_DECADE, LAST_DECADE = 1920, 2020  # decades outside fall in the end buckets
@@ -36,6 +38,8 @@ FIRST_DECADE, LAST_DECADE = 1920, 2020  # decades outside fall in the end bucket
 
 def _year_block(years: Sequence[int | None], encoding: str) -> sp.csr_matrix:
     """One-hot year columns: decades 1920..2020 (+ before, + missing); 5-year bins too."""
+    import scipy.sparse as sp
+
     decades = list(range(FIRST_DECADE, LAST_DECADE + 1, 10))
     n_dec = len(decades) + 2  # before the first decade, then missing
     n_five = 2 * len(decades) if encoding == "decade+5y" else 0
@@ -97,6 +101,7 @@ class TitleModel:
                 "fold": self.fold}
 
     def _hashed(self, titles: Sequence[str]) -> tuple[sp.csr_matrix, list[int | None]]:
+        import scipy.sparse as sp
         from sklearn.feature_extraction.text import HashingVectorizer
 
         names, years = [], []
@@ -116,6 +121,8 @@ class TitleModel:
         return x, years
 
     def _features(self, titles: Sequence[str]) -> sp.csr_matrix:
+        import scipy.sparse as sp
+
         x, years = self._hashed(titles)
         x.data *= self.idf[x.indices]
         _normalise_blocks(x, self.n_features)  # each block (words, characters) to unit L2

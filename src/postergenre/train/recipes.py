@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 MODES = ("end-to-end", "features", "finetune")
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant", "onecycle")
