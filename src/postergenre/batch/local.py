@@ -8,8 +8,9 @@
     main thread     batches of decoded posters -> `score_rows` -> a part every `part_rows`
 
 Every queue between the stages is bounded, so memory does not grow with the catalogue (only
-the sets of row indices do: ~100 bytes a row). Posters are fetched and decoded ahead of the
-model, so scoring waits on the network only when the network is the slower side.
+the row indices in the table and the ids seen do: ~200 bytes a row). Posters are fetched and
+decoded ahead of the model, so scoring waits on the network only when the network is the
+slower side.
 """
 
 from __future__ import annotations

@@ -112,9 +112,8 @@ def batch(
             summary = run_local(catalogue, out, on_progress=advance, **options)
     if output_format != "parquet":
         print(f"wrote {export_table(out, output_format)}", file=sys.stderr)
-    rate = summary.scored / summary.seconds if summary.seconds else 0.0
-    print(f"{summary.rows} rows in {out}: {summary.scored} scored now ({rate:.0f} rows/s), "
-          f"{summary.skipped} already there", file=sys.stderr)
+    print(f"{summary.rows} rows in {out}: {summary.scored} scored now in "
+          f"{summary.seconds:.0f} s, {summary.skipped} already there", file=sys.stderr)
     if summary.failed:
         print(f"{summary.failed} of {summary.rows} rows failed (see their status column); "
               "rerun with --retry-failed to try them again", file=sys.stderr)
