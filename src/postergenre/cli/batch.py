@@ -99,8 +99,8 @@ def batch(
         except ImportError as e:
             if (e.name or "").split(".")[0] != "ray":
                 raise
-            raise PosterGenreError("--engine ray needs Ray: pip install 'postergenre[ray]'"
-                                   ) from None
+            raise PosterGenreError("--engine ray: Ray is not installed "
+                                   "(pip install 'postergenre[ray]')") from None
         ray_options = {"address": ray_address, **({"actors": actors} if actors else {})}
     total = count_rows(catalogue)
     with progress_bar(total, "scoring") as advance:
