@@ -170,13 +170,19 @@ def section_ray(sources: list[str], tmp: Path, args: argparse.Namespace,
                 files_rate: float | None) -> None:
     from postergenre.batch.ray_engine import run_ray
 
+    from postergenre.errors import PosterGenreError
+
     catalogue = write_catalogue(tmp / "ray.csv", sources)
     for actors in (1, 2):
         rate = Rate()
         start = time.perf_counter()
-        summary = run_ray(catalogue, tmp / f"out-ray-{actors}", model=args.model,
-                          backend=args.backend, batch_size=args.batch_size, on_progress=rate,
-                          address=args.ray_address, actors=actors)
+        try:
+            summary = run_ray(catalogue, tmp / f"out-ray-{actors}", model=args.model,
+                              backend=args.backend, batch_size=args.batch_size,
+                              on_progress=rate, address=args.ray_address, actors=actors)
+        except PosterGenreError as e:  # e.g. more actors than this machine's cores allow
+            print(f"ray: {actors} actor(s): {e}")
+            continue
         seconds = time.perf_counter() - start
         steady = rate.value if rate.first is not None else summary.scored / seconds
         ratio = f", {steady / files_rate:.2f}x the local engine" if files_rate else ""
