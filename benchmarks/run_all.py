@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "fusion": "docs/benchmarks.md, section Fusion, and the README's table",
     "keras": "docs/benchmarks.md, section Models and training (skips without TensorFlow)",
     "cli": "docs/benchmarks.md, section Evaluate and predict (start-up)",
+    "batch": "docs/benchmarks.md, section Batch, and docs/batch.md",
 }
 
 

@@ -1,7 +1,7 @@
 """The package's layers: no module imports a module of a higher layer (lazy imports included).
 
     core (errors, io, paths, progress, genres, defaults) <- data <- models, run <- backends, export
-        <- train, evaluate <- predict, scoring, explain <- serve, cli
+        <- train, evaluate <- predict, scoring, explain, pipeline, batch <- serve, cli
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ LAYERS = [
     {"models", "run"},
     {"backends", "export"},
     {"train", "evaluate"},
-    {"predict", "scoring", "explain", "pipeline"},
+    {"predict", "scoring", "explain", "pipeline", "batch"},
     {"serve", "cli", "__main__"},
 ]
 

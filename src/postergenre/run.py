@@ -302,6 +302,26 @@ def load_run(path: str | Path | None = None) -> Run:
     return Run(run_dir, read_config(config_path), thresholds)
 
 
+def model_fingerprint(run_dir: str | Path) -> str:
+    """The identity of what a run scores with: sha256 over the files that decide its scores
+    (config, thresholds, weights, and the title side), names included; history, checkpoints,
+    the int8 record and evaluation outputs are left out."""
+    import hashlib
+
+    root = Path(run_dir)
+    names = [CONFIG, THRESHOLDS, WEIGHTS,
+             *(f"{TEXT_DIR}/{n}" for n in (TEXT_CONFIG, TEXT_WEIGHTS, FUSION, TEXT_THRESHOLDS))]
+    h = hashlib.sha256()
+    for name in names:
+        path = root / name
+        if path.is_file():
+            h.update(f"{name}\n".encode())
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
 def holds_run(run_dir: Path) -> bool:
     """True when the folder holds a run (trained weights or a checkpoint), not only the
     config.json of a start that failed."""
