@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from postergenre.run import load_run
 
 WINDOW_ROWS = 50_000  # rows per Ray Data execution: bounds the driver's memory
 DECODE_CPUS = 0.5  # per fetch+decode task: it mostly waits on the network
+CONNECT_TIMEOUT_S = 5.0  # --ray-address must answer within this
 
 
 # --- the two stages, run on the workers ------------------------------------------------------
@@ -120,35 +123,70 @@ def _import_ray() -> Any:
 
 @contextlib.contextmanager
 def ray_connection(address: str | None) -> Iterator[None]:
-    """Ray for the length of a job, quiet: an existing connection is used as it is; with
-    `address`, connect to that cluster; without, start a local Ray on this machine's cores.
-    What this starts it stops; worker logs stay in Ray's session folder (log_to_driver=False)."""
+    """Ray for the length of a job: a Ray already initialised in this process is used as it
+    is; with `address`, join that cluster; without, start a local Ray on this machine's cores.
+    What this starts it stops. Worker logs stay in Ray's session folder (log_to_driver=False)
+    and Ray's own start-up lines stay off the terminal."""
     ray = _import_ray()
     if ray.is_initialized():
         yield
         return
-    saved = os.environ.get("RAY_BACKEND_LOG_LEVEL")
-    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"  # the driver's core worker: no stderr chatter
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     try:
-        if address:
-            try:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise PosterGenreError(
-                    f"--ray-address {address}: cannot connect ({reason})") from None
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
-        else:
-            os.environ["RAY_BACKEND_LOG_LEVEL"] = saved
+        with _quiet_native_logs():
+            if address:
+                ray.init(address=address, **options)
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"--ray-address {address}" if address else "a local Ray"
+        raise PosterGenreError(f"{where}: cannot start or join Ray ({_one_line(e)})") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_native_logs() -> Iterator[None]:
+    """Ray's C++ side of this process logs errors only (RAY_BACKEND_LOG_LEVEL, read when Ray
+    starts here) and the one line it prints about that setting goes to /dev/null: file
+    descriptor 2 is pointed there for the length of `ray.init` and then put back."""
+    saved_level = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        if saved_level is None:
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+        else:
+            os.environ["RAY_BACKEND_LOG_LEVEL"] = saved_level
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must answer within a few seconds (Ray itself
+    keeps retrying a dead address for minutes); `auto` and other forms are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise PosterGenreError(
+            f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the "
+            "cluster's head with `ray start --head` and pass the address it prints") from None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -218,6 +256,9 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
     start = time.perf_counter()
     if actors < 1:
         raise PosterGenreError(f"--actors must be at least 1, not {actors}")
+    ray = _import_ray()  # checked before OUT is touched, as is the address
+    if address and not ray.is_initialized():
+        _check_reachable(address)
     run = load_run(model)
     fetch = fetch or FetchConfig()
     with open_output(catalogue, out, run_dir=run.path, genres=run.genres, columns=columns,
@@ -233,7 +274,6 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
             stage = _Stages(model=None if model is None else str(run.path), backend=backend,
                             fetch=fetch, size=run.input_size, batch_size=batch_size,
                             top_k=top_k, actors=actors)
-            ray = _import_ray()
             with ray_connection(address), _quiet_data(ray):
                 _check_cpus(ray, actors)
                 pending: list[pa.Table] = []
