@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "serve": "docs/benchmarks.md, section Serve",
     "speed": "docs/benchmarks.md, section Speed, and the README's table",
     "explain": "docs/benchmarks.md, section Explain",
+    "batch": "docs/benchmarks.md, section Batch, and docs/batch.md",
 }
 
 

@@ -475,6 +475,18 @@ def check_out(out: str | os.PathLike, catalogue: str | os.PathLike,
             raise PosterGenreError(f"{out}: --out is inside {name} ({p}); choose another folder")
 
 
+def open_output(catalogue: str | os.PathLike, out: str | os.PathLike, *,
+                run_dir: str | os.PathLike, genres: Sequence[str], columns: Columns | None = None,
+                posters: str | os.PathLike | None = None, retry_failed: bool = False) -> Output:
+    """What both engines do first: check OUT is not an input, fingerprint the catalogue and
+    the model, and open (lock) OUT for them."""
+    check_out(out, catalogue, posters)
+    return Output.open(out, catalogue_fingerprint=catalogue_fingerprint(catalogue, columns,
+                                                                        posters),
+                       model_fingerprint=model_fingerprint(run_dir), genres=genres,
+                       retry_failed=retry_failed, catalogue=catalogue, model=run_dir)
+
+
 class Output:
     """The output folder of a batch run, locked for the run's lifetime.
 
@@ -519,25 +531,8 @@ class Output:
             if foreign:
                 raise PosterGenreError(f"{path}: not a batch output folder (it holds "
                                        f"{foreign[0]!r} and no {MANIFEST}); choose another --out")
+        lock = _lock_folder(path)
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            lock = open(path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
-        except OSError as e:
-            raise PosterGenreError(f"{path}: cannot write the output folder ({e.strerror})"
-                                   ) from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.seek(0)
-            pid = lock.read().strip() or "?"
-            lock.close()
-            raise PosterGenreError(f"{path}: another batch run (pid {pid}) is writing here; "
-                                   "wait for it to finish or choose another --out") from None
-        try:
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"{os.getpid()}\n")
-            lock.flush()
             for stale in path.glob(".*.tmp"):  # writes of a killed run
                 stale.unlink(missing_ok=True)
             wanted = Manifest(str(catalogue), catalogue_fingerprint, str(model),
@@ -548,6 +543,19 @@ class Output:
             else:  # a new table (or a start that wrote nothing): record what it is made from
                 atomic_write_json(path / MANIFEST, wanted.to_json())
             return cls(path, wanted, lock, retry_failed)
+        except BaseException:
+            lock.close()
+            raise
+
+    @classmethod
+    def attach(cls, out: str | os.PathLike) -> Output:
+        """Lock an existing output folder as it is (to read or export its table)."""
+        path = Path(out)
+        if not (path / MANIFEST).is_file():
+            raise PosterGenreError(f"{path}: not a batch output folder (no {MANIFEST})")
+        lock = _lock_folder(path)
+        try:
+            return cls(path, Manifest.read(path / MANIFEST), lock, retry_failed=False)
         except BaseException:
             lock.close()
             raise
@@ -642,6 +650,36 @@ class Output:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock_folder(path: Path) -> Any:
+    """Create `path` if needed and hold an exclusive flock on its lock file (the pid inside
+    names the holder); refused in one line while another process holds it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = open(path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
+    except OSError as e:
+        raise PosterGenreError(f"{path}: cannot write the output folder ({e.strerror})"
+                               ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise PosterGenreError(f"{path}: another batch run (pid {pid}) is writing here; "
+                               "wait for it to finish or choose another --out") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def export_table(out: str | os.PathLike, fmt: str) -> Path:
+    """Write OUT's table as one CSV or JSON-lines file inside OUT (`EXPORTS`)."""
+    with Output.attach(out) as output:
+        return output.export(fmt)
 
 
 def _json_value(v: Any) -> Any:

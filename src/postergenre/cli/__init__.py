@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from postergenre import __version__
-from postergenre.cli import data, demo, evaluate, explain, export, predict, serve, train
+from postergenre.cli import batch, data, demo, evaluate, explain, export, predict, serve, train
 from postergenre.errors import PosterGenreError
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("predict")(predict.predict)
 app.command("explain")(explain.explain)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)
+app.command("batch")(batch.batch)
 app.command("demo")(demo.demo)
 
 
