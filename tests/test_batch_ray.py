@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,9 @@ pytest.importorskip("ray.data", reason="Ray Data is not installed (the 'ray' ext
 from postergenre.batch.local import run_local  # noqa: E402
 from postergenre.batch.ray_engine import run_ray  # noqa: E402
 from postergenre.data.fetch import FetchConfig  # noqa: E402
+from postergenre.errors import PosterGenreError  # noqa: E402
+
+pytestmark = pytest.mark.slow  # every test here starts, joins or waits on Ray: seconds each
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -197,10 +201,27 @@ def test_ray_engine_resumes_and_retries_failed_rows(
     assert table["row"].tolist() == list(range(21))
 
 
-@pytest.mark.slow
+def test_an_unreachable_address_and_too_many_actors_are_refused_in_one_line(
+        ray_address: str, bad_catalogue: Path, tiny_run: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(cli(str(bad_catalogue), "--out", str(tmp_path / "a"),
+                              address=f"127.0.0.1:{port}"),
+                          env=env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: --ray-address 127.0.0.1:{port}: nothing answers there (Connection refused); "
+        "start the cluster's head with `ray start --head` and pass the address it prints"]
+    assert not (tmp_path / "a").exists()  # refused before OUT was touched
+    with pytest.raises(PosterGenreError, match=r"--actors 2: the Ray cluster has 2 CPUs"):
+        run_ray(bad_catalogue, tmp_path / "b", model=tiny_run, fetch=FETCH, actors=2)
+    assert run_ray(bad_catalogue, tmp_path / "b", model=tiny_run, fetch=FETCH).scored == 21
+
+
 def test_ray_driver_killed_with_sigkill_then_rerun_loses_and_repeats_nothing(
         ray_address: str, tiny_run: Path, tmp_path: Path) -> None:
-    catalogue = write_catalogue(tmp_path / "catalogue.csv", good_rows(tmp_path / "posters", 400))
+    catalogue = write_catalogue(tmp_path / "catalogue.csv", good_rows(tmp_path / "posters", 160))
     out = tmp_path / "out"
     args = cli(str(catalogue), "--out", str(out), "--model", str(tiny_run), "--batch-size", "8",
                "--part-rows", "16", address=ray_address)
@@ -216,17 +237,16 @@ def test_ray_driver_killed_with_sigkill_then_rerun_loses_and_repeats_nothing(
     finally:
         driver.wait()
     before = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
-    assert 0 < sum(len(pd.read_parquet(io.BytesIO(b))) for b in before.values()) < 400
+    assert 0 < sum(len(pd.read_parquet(io.BytesIO(b))) for b in before.values()) < 160
     rerun = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     after = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
     assert all(after[name] == data for name, data in before.items())  # kept, not redone
     table = read_table(out)
-    assert table["row"].tolist() == list(range(400))
+    assert table["row"].tolist() == list(range(160))
     assert (table["status"] == "ok").all()
 
 
-@pytest.mark.slow
 def test_ray_engine_on_a_two_node_cluster_equals_local_engine(
         ray_address: str, tiny_run: Path, tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
