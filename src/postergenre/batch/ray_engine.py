@@ -122,9 +122,11 @@ def _import_ray() -> Any:
 
 
 @contextlib.contextmanager
-def ray_connection(address: str | None) -> Iterator[None]:
+def ray_connection(address: str | None, actors: int = 1) -> Iterator[None]:
     """Ray for the length of a job: a Ray already initialised in this process is used as it
-    is; with `address`, join that cluster; without, start a local Ray on this machine's cores.
+    is; with `address`, join that cluster; without, start a local Ray on this machine's cores
+    (declaring at least `actors` + 1 CPUs, so that as many actors as cores still leave the
+    fetch tasks room: Ray's CPUs are scheduling slots, the OS shares the real ones).
     What this starts it stops. Worker logs stay in Ray's session folder (log_to_driver=False)
     and Ray's own start-up lines stay off the terminal."""
     ray = _import_ray()
@@ -137,7 +139,8 @@ def ray_connection(address: str | None) -> Iterator[None]:
             if address:
                 ray.init(address=address, **options)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
+                ray.init(num_cpus=max(os.cpu_count() or 1, actors + 1),
+                         include_dashboard=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"--ray-address {address}" if address else "a local Ray"
         raise PosterGenreError(f"{where}: cannot start or join Ray ({_one_line(e)})") from None
@@ -274,7 +277,7 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
             stage = _Stages(model=None if model is None else str(run.path), backend=backend,
                             fetch=fetch, size=run.input_size, batch_size=batch_size,
                             top_k=top_k, actors=actors)
-            with ray_connection(address), _quiet_data(ray):
+            with ray_connection(address, actors), _quiet_data(ray):
                 _check_cpus(ray, actors)
                 pending: list[pa.Table] = []
                 pending_rows, last_write = 0, time.monotonic()
