@@ -2,9 +2,9 @@
 and Parquet parts as the local engine (`batch.local`), with the work spread by Ray Data.
 
     driver: read_rows (catalogue.py) -> rows not yet done, in windows of WINDOW_ROWS
-      -> Ray Data: fetch + decode in tasks (`_Decode`: fetch_many, load_image)
+      -> Ray Data: fetch + decode in tasks (`_decode`: fetch_many, load_image)
                 -> score in an actor pool (`_Score`: the run loaded once per actor)
-      -> driver: Output.write_part, one atomic part per PART_ROWS rows
+      -> driver: Output.write_part, an atomic part per `part_rows` rows (or PART_SECONDS)
 
 The driver reads the catalogue itself and hands Ray Data the rows (`ray.data.from_arrow`)
 rather than having Ray read the file: a row's identity (its position) and the duplicate-id
@@ -116,8 +116,8 @@ def _import_ray() -> Any:
         import ray
         import ray.data
     except ImportError:
-        raise PosterGenreError(
-            "--engine ray: Ray is not installed (pip install 'postergenre[ray]')") from None
+        raise PosterGenreError("--engine ray needs Ray: pip install 'postergenre[ray]'"
+                               ) from None
     return ray
 
 
