@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from conftest import make_poster, make_tiny_run
 
@@ -378,3 +379,19 @@ def test_posters_folder_first_and_other_columns(runs, server, tmp_path) -> None:
     assert list(server.hits) == ["/p/b.jpg"]
     assert df.loc[0, "title"] == "A (2000)" and pd.isna(df.loc[1, "title"])
     assert df["fused"].tolist() == [True, False]
+
+
+def test_empty_catalogue_is_an_empty_table_and_no_row_goes_in_twice(runs, tmp_path) -> None:
+    run, _ = runs
+    catalogue = write_csv(tmp_path / "cat.csv", [])
+    summary = run_local(catalogue, tmp_path / "out", model=run, backend="torch")
+    assert (summary.rows, summary.scored, summary.failed) == (0, 0, 0)
+    df = pd.read_parquet(tmp_path / "out")
+    assert len(df) == 0 and list(df.columns) == [*FIXED_COLUMNS, *GENRES]
+    one = write_csv(tmp_path / "one.csv", [("1", "", str(SAMPLE / "3500822.jpg"))])
+    run_local(one, tmp_path / "one", model=run, backend="torch")
+    with Output.open(tmp_path / "one", catalogue_fingerprint=catalogue_fingerprint(one),
+                     model_fingerprint=model_fingerprint(run), genres=GENRES) as out:
+        assert out.done == out.skip == {0} and not out.failed
+        with pytest.raises(PosterGenreError, match="row 0 is already in the table"):
+            out.write_part(pa.Table.from_pandas(table(tmp_path / "one"), preserve_index=False))

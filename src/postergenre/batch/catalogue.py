@@ -193,7 +193,7 @@ def _table_records(path: Path, kind: str, names: list[str | None], chunk_rows: i
         return
     records = _csv_records(path)
     header = [h.strip() for h in next(records, [])]
-    at = {}
+    at: dict[str, int] = {}
     for i, h in enumerate(header):
         at.setdefault(h, i)
     positions = [at[n] if n is not None else None for n in names]
@@ -254,9 +254,10 @@ def read_rows(path: str | os.PathLike, columns: Columns | None = None,
             error = "no id"
         elif id_ in seen:
             error = f"duplicate id, first seen at row {seen[id_]}"
+        elif not source and resolved.poster is None and poster_dir is not None:
+            error = f"no poster ({poster_dir / (id_ + '.jpg')} not found, no poster column)"
         elif not source:
-            error = (f"no poster ({poster_dir / (id_ + '.jpg')} not found, no poster column)"
-                     if resolved.poster is None else "no poster (empty poster column)")
+            error = "no poster (empty poster column)"
         if id_ and id_ not in seen:
             seen[id_] = index
         row = Row(index, id_, title or None, source, error)

@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ def run_local(catalogue: str | os.PathLike, out: str | os.PathLike, *,
     from postergenre.run import load_run
 
     start = time.perf_counter()
-    run = load_run(model)
+    run = load_run(Path(model) if model is not None else None)
     fetch = fetch or FetchConfig()
     with open_output(catalogue, out, run_dir=run.path, genres=run.genres, columns=columns,
                      posters=posters, retry_failed=retry_failed) as output:
@@ -149,7 +149,8 @@ def _pipeline(output: Output, predictor: Any, catalogue: str | os.PathLike,
         except BaseException as e:
             _put(ready_q, _Failed(e), stop)
         finally:
-            fetched.close()
+            if isinstance(fetched, Generator):  # ends its event loop and requests in flight
+                fetched.close()
 
     threads = [threading.Thread(target=reader, name="batch-read", daemon=True),
                threading.Thread(target=pairing, name="batch-fetch", daemon=True)]

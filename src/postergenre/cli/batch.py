@@ -4,6 +4,7 @@ genres out, resumable, on this machine or a Ray cluster."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -77,9 +78,10 @@ def batch(
     interruption to resume; --retry-failed scores the failed rows again. The exit code is 1
     when some rows failed (they are in the table with their status).
     """
+    import functools
     from dataclasses import replace
 
-    from postergenre.batch.catalogue import Columns, count_rows, export_table
+    from postergenre.batch.catalogue import Columns, Summary, count_rows, export_table
 
     if engine not in ENGINES:
         raise typer.BadParameter(f"must be one of {', '.join(ENGINES)}", param_hint="--engine")
@@ -90,9 +92,6 @@ def batch(
                                  param_hint="--engine")
     fetch = replace(_FETCH, concurrency=concurrency, deadline=timeout,
                     timeout=min(_FETCH.timeout, timeout))
-    options = dict(model=model, columns=Columns(id_column, poster_column, title_column),
-                   posters=posters, retry_failed=retry_failed, top_k=top_k, fetch=fetch,
-                   batch_size=batch_size, part_rows=part_rows, backend=backend)
     if engine == "ray":
         try:
             from postergenre.batch.ray_engine import run_ray
@@ -101,15 +100,18 @@ def batch(
                 raise
             raise PosterGenreError("--engine ray: Ray is not installed "
                                    "(pip install 'postergenre[ray]')") from None
-        ray_options = {"address": ray_address, **({"actors": actors} if actors else {})}
-    total = count_rows(catalogue)
-    with progress_bar(total, "scoring") as advance:
-        if engine == "ray":
-            summary = run_ray(catalogue, out, on_progress=advance, **options, **ray_options)
-        else:
-            from postergenre.batch.local import run_local
+        run: Callable[..., Summary] = functools.partial(
+            run_ray, address=ray_address, **({"actors": actors} if actors else {}))
+    else:
+        from postergenre.batch.local import run_local
 
-            summary = run_local(catalogue, out, on_progress=advance, **options)
+        run = run_local
+    with progress_bar(count_rows(catalogue), "scoring") as advance:
+        summary = run(catalogue, out, model=model,
+                      columns=Columns(id_column, poster_column, title_column), posters=posters,
+                      retry_failed=retry_failed, top_k=top_k, fetch=fetch,
+                      batch_size=batch_size, part_rows=part_rows, backend=backend,
+                      on_progress=advance)
     if output_format != "parquet":
         print(f"wrote {export_table(out, output_format)}", file=sys.stderr)
     print(f"{summary.rows} rows in {out}: {summary.scored} scored now in "
