@@ -251,7 +251,8 @@ def test_ray_engine_on_a_two_node_cluster_equals_local_engine(
         ray_address: str, tiny_run: Path, tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
-    catalogue = write_catalogue(tmp_path / "catalogue.csv", good_rows(tmp_path / "posters", 60))
+    catalogue = tmp_path / "posters"  # a folder of posters: no titles, ids from file names
+    good_rows(catalogue, 60)
     run_local(catalogue, tmp_path / "local", model=tiny_run)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:

@@ -68,8 +68,15 @@ def _rows_table(rows: list[Row]) -> pa.Table:
 
 
 def _rows_of(batch: dict[str, np.ndarray]) -> list[Row]:
-    return [Row(index=int(i), id=d, title=t, source=s, error=e or None)
+    """The Rows of a batch. Ray Data hands a column with no strings in the batch (no title
+    in any row) over as floats (NaN), so anything that is not a string is None here."""
+    return [Row(index=int(i), id=_text(d) or "", title=_text(t), source=_text(s) or "",
+                error=_text(e) or None)
             for i, d, t, s, e in zip(*(batch[k] for k in _ROW_FIELDS), strict=True)]
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _decode(batch: dict[str, np.ndarray], *, fetch: FetchConfig, size: tuple[int, int]
@@ -262,7 +269,7 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
     ray = _import_ray()  # checked before OUT is touched, as is the address
     if address and not ray.is_initialized():
         _check_reachable(address)
-    run = load_run(model)
+    run = load_run(Path(model) if model is not None else None)
     fetch = fetch or FetchConfig()
     with open_output(catalogue, out, run_dir=run.path, genres=run.genres, columns=columns,
                      posters=posters, retry_failed=retry_failed) as output:
