@@ -245,8 +245,9 @@ def read_rows(path: str | os.PathLike, columns: Columns | None = None,
     def make(id_: str, title: str, poster: str) -> Row:
         nonlocal index
         source = ""
-        if poster_dir is not None and id_ and (poster_dir / f"{id_}.jpg").is_file():
-            source = str(poster_dir / f"{id_}.jpg")
+        plain = id_ and "/" not in id_ and os.sep not in id_ and not id_.startswith(".")
+        if poster_dir is not None and plain and (poster_dir / f"{id_}.jpg").is_file():
+            source = os.path.abspath(poster_dir / f"{id_}.jpg")
         elif poster:
             source = poster if is_url(poster) else os.path.abspath(path.parent / poster)
         error = None
