@@ -12,6 +12,7 @@ import csv
 import io
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,7 +202,7 @@ def test_ray_engine_resumes_and_retries_failed_rows(
     assert table["row"].tolist() == list(range(21))
 
 
-def test_an_unreachable_address_and_too_many_actors_are_refused_in_one_line(
+def test_an_unreachable_address_a_broken_run_and_too_many_actors_are_refused_in_one_line(
         ray_address: str, bad_catalogue: Path, tiny_run: Path, tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -214,6 +215,11 @@ def test_an_unreachable_address_and_too_many_actors_are_refused_in_one_line(
         f"error: --ray-address 127.0.0.1:{port}: nothing answers there (Connection refused); "
         "start the cluster's head with `ray start --head` and pass the address it prints"]
     assert not (tmp_path / "a").exists()  # refused before OUT was touched
+    broken = tmp_path / "broken-run"
+    shutil.copytree(tiny_run, broken)
+    (broken / "weights.safetensors").write_bytes(b"not weights")
+    with pytest.raises(PosterGenreError, match=r"weights.safetensors: not a readable"):
+        run_ray(bad_catalogue, tmp_path / "c", model=broken, fetch=FETCH)  # before any actor
     with pytest.raises(PosterGenreError, match=r"--actors 2: the Ray cluster has 2 CPUs"):
         run_ray(bad_catalogue, tmp_path / "b", model=tiny_run, fetch=FETCH, actors=2)
     assert run_ray(bad_catalogue, tmp_path / "b", model=tiny_run, fetch=FETCH).scored == 21

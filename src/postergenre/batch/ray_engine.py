@@ -44,7 +44,7 @@ from postergenre.batch.catalogue import (
 from postergenre.batch.local import PART_SECONDS
 from postergenre.data.fetch import FetchConfig, fetch_many, is_url
 from postergenre.errors import PosterGenreError
-from postergenre.run import load_run
+from postergenre.run import Run, load_run
 
 WINDOW_ROWS = 50_000  # rows per Ray Data execution: bounds the driver's memory
 DECODE_CPUS = 0.5  # per fetch+decode task: it mostly waits on the network
@@ -281,10 +281,11 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
         window = _take(todo, WINDOW_ROWS)
         scored = 0
         if window:  # nothing to do starts no Ray
+            _check_model(run, backend, batch_size)
             stage = _Stages(model=None if model is None else str(run.path), backend=backend,
                             fetch=fetch, size=run.input_size, batch_size=batch_size,
                             top_k=top_k, actors=actors)
-            with ray_connection(address, actors), _quiet_data(ray):
+            with ray_connection(address, actors), _quiet_data(ray), _ray_errors(ray):
                 _check_cpus(ray, actors)
                 pending: list[pa.Table] = []
                 pending_rows, last_write = 0, time.monotonic()
@@ -310,6 +311,21 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
                        time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def _ray_errors(ray: Any) -> Iterator[None]:
+    """A failure inside Ray (an actor or node lost, a worker's exception) as one line; the
+    parts written before it stay, so a rerun resumes after them."""
+    try:
+        yield
+    except ray.exceptions.RayError as e:
+        cause = e
+        while getattr(cause, "cause", None) is not None and cause.cause is not cause:
+            cause = cause.cause
+        raise PosterGenreError(f"the Ray job failed ({type(cause).__name__}: "
+                               f"{_one_line(cause)}); the rows written so far are kept: "
+                               "rerun to go on from there") from None
+
+
 def _todo(chunks: Iterator[list[Row]], skip: set[int], count: list[int]) -> Iterator[Row]:
     """The rows not yet in the table, in catalogue order; `count[0]`: rows read so far."""
     for chunk in chunks:
@@ -319,6 +335,15 @@ def _todo(chunks: Iterator[list[Row]], skip: set[int], count: list[int]) -> Iter
 
 def _take(rows: Iterator[Row], n: int) -> list[Row]:
     return [row for _, row in zip(range(n), rows, strict=False)]
+
+
+def _check_model(run: Run, backend: str, batch_size: int) -> None:
+    """Load the model once here, so that a run or backend that cannot be used is refused in
+    one line before any actor starts (each actor would fail the same way, noisily); this also
+    builds the cached ONNX graph that the actors on this machine then read."""
+    from postergenre.predict import Predictor
+
+    Predictor(run, backend=backend, batch_size=batch_size)
 
 
 def _check_cpus(ray: Any, actors: int) -> None:
