@@ -37,14 +37,14 @@ from postergenre.predict import Predictor
 GENRES = ["Comedy", "Drama", "Horror"]
 SRC = Path(__file__).resolve().parents[1] / "src"
 SAMPLE = SRC / "postergenre" / "assets" / "sample" / "posters"
-FAST = FetchConfig(concurrency=4, timeout=0.5, deadline=0.5, retries=0)
+FAST = FetchConfig(concurrency=4, timeout=2.0, deadline=2.0, retries=0)  # a busy CI core is slow
 
 
 # --- a poster server on 127.0.0.1 with every failure --------------------------------------
 
 
 class PosterServer:
-    """/p/<name>: a poster (after `delay` s); /404/..., /stall/... (3 s), /html/...,
+    """/p/<name>: a poster (after `delay` s); /404/..., /stall/... (6 s), /html/...,
     /trunc/... (half a JPEG), /flaky/<name>: 404 until `flaky_ok`. `hits` counts paths."""
 
     def __init__(self, posters: dict[str, bytes]) -> None:
@@ -61,7 +61,7 @@ class PosterServer:
                 kind, _, name = self.path.strip("/").partition("/")
                 poster = server.posters.get(name, next(iter(server.posters.values())))
                 if kind == "stall":
-                    time.sleep(3)
+                    time.sleep(6)
                 if kind == "p" or (kind == "flaky" and server.flaky_ok):
                     time.sleep(server.delay)
                     self.reply(200, "image/jpeg", poster)

@@ -29,6 +29,11 @@ def test_demo_cleans_the_sample_predicts_every_poster_and_draws_them(tmp_path: P
     with Image.open(picture) as im:
         assert im.format == "PNG" and im.width > 800 and im.height > 800
     assert "Western" in load_genres(tmp_path / "out" / "dataset")
+    import pandas as pd  # the sample's catalogue through `batch`: one row each, bad rows kept
+
+    table = pd.read_parquet(tmp_path / "out" / "genres")
+    assert sorted(table["row"]) == list(range(len(table))) and len(table) > kept
+    assert "duplicate id, first seen at row" in text
 
 
 def test_demo_uses_the_shipped_model_by_default(tmp_path: Path) -> None:
