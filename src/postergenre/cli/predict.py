@@ -113,6 +113,7 @@ def predict(
                 failed += 1
                 print(f"error: {p.error}", file=sys.stderr)
                 continue
+            assert p.probabilities is not None  # set whenever `error` is not
             probs, signals, used = p.probabilities[None], None, np.array([p.fused])
             if fuse_titles is not None:
                 signals = ["poster", "title"] if p.fused else ["poster"]
@@ -124,7 +125,7 @@ def predict(
             elif output_format == "json":
                 record = json_record(p.source, title, top, probs[0], predictor.genres, signals)
                 print(json.dumps(record, ensure_ascii=False))
-            else:
+            elif writer is not None:
                 writer.writerow(csv_row(p.source, title, top, probs[0]))
             sys.stdout.flush()
     if failed:
