@@ -169,7 +169,6 @@ def section_memory(sources: list[str], tmp: Path, args: argparse.Namespace) -> N
 def section_ray(sources: list[str], tmp: Path, args: argparse.Namespace,
                 files_rate: float | None) -> None:
     from postergenre.batch.ray_engine import run_ray
-
     from postergenre.errors import PosterGenreError
 
     catalogue = write_catalogue(tmp / "ray.csv", sources)

@@ -37,13 +37,13 @@ def args_of(folder: Path, name: str) -> list[str]:
 
 
 def test_runs_scripts_and_passes_quick_only_where_taken(scripts: Path, tmp_path: Path) -> None:
-    data = str(tmp_path / "data")
+    data, dataset = str(tmp_path / "data"), str(tmp_path / "dataset")
     names = ["train", "speed", "quality", "download"]
-    outcomes = bench.run_all(names, tmp_path / "data", quick=True)
+    outcomes = bench.run_all(names, tmp_path / "data", quick=True, dataset=tmp_path / "dataset")
     assert outcomes == {"train": "failed (exit 3)", "speed": "ok", "quality": "missing",
                         "download": "ok"}
     assert args_of(scripts, "speed") == ["--data", data, "--quick"]
-    assert args_of(scripts, "train") == ["--data", data]
+    assert args_of(scripts, "train") == ["--data", dataset]  # reads a prepared dataset
     assert args_of(scripts, "download") == [data, "--quick"]  # takes DATA as an argument
 
 
