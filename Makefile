@@ -36,4 +36,4 @@ bench: install
 	$(PY) benchmarks/run_all.py --data $(DATA)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

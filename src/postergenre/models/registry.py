@@ -17,6 +17,7 @@ support "features" have `features(x)`, `feature_dim`, `head`, `fit_head_statisti
 `trained_keys()`; models that support "finetune" also `cut_for(blocks)`,
 `trunk_features(x, cut)`, `tail_logits(rows, cut, drop_connect)` and `trunk_id(cut)` (what
 the trunk depends on beyond the name and input size, in its cache key: '' for bundled weights).
+`PosterModel`, `FeatureModel` and `TrunkModel` spell these out for the type checker.
 """
 
 from __future__ import annotations
