@@ -28,6 +28,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from torch.nn import functional as F
 from postergenre.data.images import PosterSource, load_poster_array, to_tensor
 from postergenre.errors import PosterGenreError
 from postergenre.io import atomic_write_bytes
+from postergenre.models.registry import PosterModel
 from postergenre.run import Run, load_run
 
 TOP_K = 3
@@ -49,7 +51,7 @@ def explain_layer(model: nn.Module) -> nn.Module:
     if not hasattr(model, "explain_layer"):
         raise PosterGenreError(f"{type(model).__name__}: model has no explain_layer(); "
                                "heat maps need its last convolutional stage")
-    return model.explain_layer()
+    return cast(PosterModel, model).explain_layer()
 
 
 def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: torch.Tensor | int
@@ -73,7 +75,7 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: torch
     handle = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            logits = model(x)
+            logits: torch.Tensor = model(x)
     finally:
         handle.remove()
     if not maps:
@@ -321,7 +323,7 @@ def gallery(explainer: Explainer, y_true: np.ndarray, scores: np.ndarray,
         _, _, maps = explainer.explain_batch(np.stack(images), targets)
         for (g, kind, i), image, heat in zip(chunk, images, maps[:, 0], strict=True):
             thumb = Image.fromarray(overlay(image, heat)).resize(GALLERY_THUMB[::-1],
-                                                                  Image.BILINEAR)
+                                                                  Image.Resampling.BILINEAR)
             buf = io.BytesIO()
             thumb.save(buf, "JPEG", quality=80)
             uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

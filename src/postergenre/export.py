@@ -54,8 +54,10 @@ def export_graph(module: nn.Module, path: str | os.PathLike, input_size: tuple[i
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
+            # The TorchScript exporter writes to a file object too; the annotation says paths.
             torch.onnx.export(
-                module, (torch.rand(1, 3, *input_size),), buffer, dynamo=False,
+                module, (torch.rand(1, 3, *input_size),), buffer,  # type: ignore[arg-type]
+                dynamo=False,
                 opset_version=opset, input_names=[input_name], output_names=[output_name],
                 dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
             )

@@ -35,6 +35,7 @@ def score_split(predictor, split, on_done: Callable[[int], None] | None = None,
     for i, p in enumerate(predict_stream(predictor, [str(x) for x in split.paths],
                                          on_done=on_done)):
         if p.error is None:
+            assert p.probabilities is not None  # set whenever `error` is not
             keep.append(i)
             rows.append(p.probabilities)
         elif on_error is not None:
@@ -55,7 +56,7 @@ def _labels_for(split, genres: list[str], dataset: Path) -> np.ndarray:
 
 
 def evaluate_run(
-    run: str | os.PathLike | None,
+    run: str | Path | None,
     dataset: str | os.PathLike | None = None,
     split: str = "test",
     out: str | os.PathLike | None = None,

@@ -463,7 +463,7 @@ def open_output(catalogue: str | os.PathLike, out: str | os.PathLike, *,
     check_out(out, catalogue, posters)
     return Output.open(out, catalogue_fingerprint=catalogue_fingerprint(catalogue, columns,
                                                                         posters),
-                       model_fingerprint=model_fingerprint(run_dir), genres=genres,
+                       model_fingerprint=model_fingerprint(Path(run_dir)), genres=genres,
                        retry_failed=retry_failed, catalogue=catalogue, model=run_dir)
 
 

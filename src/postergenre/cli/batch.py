@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -100,8 +101,9 @@ def batch(
                 raise
             raise PosterGenreError("--engine ray: Ray is not installed "
                                    "(pip install 'postergenre[ray]')") from None
-        run: Callable[..., Summary] = functools.partial(
-            run_ray, address=ray_address, **({"actors": actors} if actors else {}))
+        actor_count: dict[str, Any] = {"actors": actors} if actors else {}
+        run: Callable[..., Summary] = functools.partial(run_ray, address=ray_address,
+                                                        **actor_count)
     else:
         from postergenre.batch.local import run_local
 

@@ -64,6 +64,7 @@ def run_demo(out: str | Path = "demo-output", model: str | Path | None = None,
     from postergenre.cli.tables import genre_table, render_cleaning_report
     from postergenre.data.dataset import SPLITS, load_split
     from postergenre.data.prepare import prepare_dataset
+    from postergenre.errors import PosterGenreError
     from postergenre.io import ensure_writable_dir
     from postergenre.paths import sample_dir
     from postergenre.predict import Predictor, predict_stream
@@ -86,9 +87,14 @@ def run_demo(out: str | Path = "demo-output", model: str | Path | None = None,
     truth = [[g for g, v in zip(s.genres, row, strict=True) if v] for s in splits
              for row in s.labels]
     order = sorted(range(len(paths)), key=lambda i: titles[i])
-    paths, titles, truth = ([x[i] for i in order] for x in (paths, titles, truth))
+    paths, titles = [paths[i] for i in order], [titles[i] for i in order]
+    truth = [truth[i] for i in order]
 
-    probabilities = [p.probabilities for p in predict_stream(predictor, paths)]
+    probabilities = []
+    for p in predict_stream(predictor, paths):
+        if p.probabilities is None:  # the sample's posters were checked by prepare_dataset
+            raise PosterGenreError(str(p.error))
+        probabilities.append(p.probabilities)
     top = [predictor.top_k(p[None], 3)[0] for p in probabilities]
     width = max(len(t) for t in titles)
     for title, best in zip(titles, top, strict=True):

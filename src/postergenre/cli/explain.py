@@ -56,15 +56,16 @@ def explain(
             continue
         title_given = title if title is not None else title_of(source, titles)
 
-        e = explainer.explain_array(image, genre or None, top_k, source, title_given)
+        explanation = explainer.explain_array(image, genre or None, top_k, source, title_given)
         stem = safe_name(file_name(source).rsplit(".", 1)[0])
         while stem in stems:  # two inputs of the same name
             stem += "-1"
         stems.add(stem)
-        write_explanation(e, out_dir, stem)
-        parts = ", ".join(f"{g} ({e.probability(g):.2f})" for g in e.genres)
+        write_explanation(explanation, out_dir, stem)
+        parts = ", ".join(f"{g} ({explanation.probability(g):.2f})"
+                          for g in explanation.genres)
         print(f"{title_given or file_name(source)}   {parts}   -> {out_dir / stem}_*.png")
-        for g, words in (e.title_words or {}).items():
+        for g, words in (explanation.title_words or {}).items():
             print(f"    {g}: " + ", ".join(f"{w} {c:+.2f}" for w, c in words[:5]))
     if failed:
         print(f"{failed} of {len(sources)} inputs failed", file=sys.stderr)

@@ -6,11 +6,18 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from postergenre.backends import BACKEND_HELP
 from postergenre.cli.progress import progress_bar
+
+
+def _labels_csv(flag: str, use: str) -> Any:
+    """An optional labels CSV option; `use` says what its titles are for."""
+    return typer.Option(None, flag, help="A labels CSV (MovieGenre.csv or imdbId,Title,Genre) "
+                        + use)
 
 
 def predict(
@@ -33,21 +40,17 @@ def predict(
         help="table: 'Title   Genre (p), ...'; json: one object per line with every score; "
              "csv: a header, then path, title, top genres and every score.",
     ),
-    labels: Path | None = typer.Option(
-        None, "--labels",
-        help="A labels CSV (MovieGenre.csv or imdbId,Title,Genre) to show titles of posters "
-             "named <imdbId>.jpg; titles of the run's dataset are used when it is present.",
-    ),
+    labels: Path | None = _labels_csv(
+        "--labels", "to show titles of posters named <imdbId>.jpg; titles of the run's dataset "
+        "are used when it is present."),
     title: str | None = typer.Option(
         None, "--title",
         help='The movie\'s title, e.g. "Nerve (2016)", fused with the poster when the model '
              "has a title model (one poster only).",
     ),
-    titles_file: Path | None = typer.Option(
-        None, "--titles",
-        help="A labels CSV (MovieGenre.csv or imdbId,Title,Genre) whose titles are fused with "
-             "posters named <imdbId>.jpg; posters without a row are scored from the poster only.",
-    ),
+    titles_file: Path | None = _labels_csv(
+        "--titles", "whose titles are fused with posters named <imdbId>.jpg; posters without a "
+        "row are scored from the poster only."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Posters per model call."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
@@ -113,6 +116,7 @@ def predict(
                 failed += 1
                 print(f"error: {p.error}", file=sys.stderr)
                 continue
+            assert p.probabilities is not None  # set whenever `error` is not
             probs, signals, used = p.probabilities[None], None, np.array([p.fused])
             if fuse_titles is not None:
                 signals = ["poster", "title"] if p.fused else ["poster"]
@@ -124,7 +128,7 @@ def predict(
             elif output_format == "json":
                 record = json_record(p.source, title, top, probs[0], predictor.genres, signals)
                 print(json.dumps(record, ensure_ascii=False))
-            else:
+            elif writer is not None:
                 writer.writerow(csv_row(p.source, title, top, probs[0]))
             sys.stdout.flush()
     if failed:

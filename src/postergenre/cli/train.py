@@ -60,7 +60,7 @@ def train(
                               f"run's, else {TrainConfig.model}."),
     out: Path = typer.Option(..., "--out", help="Run folder to create (or to continue with "
                              "--resume)."),
-    mode: str = typer.Option(None, "--mode", help=f"{' | '.join(MODES)}. end-to-end: every "
+    mode: str | None = typer.Option(None, "--mode", help=f"{' | '.join(MODES)}. end-to-end: every "
                              "poster through the whole network (augmentation, DDP, CUDA); "
                              "features: a head on cached frozen-backbone features (fast on a "
                              "CPU); finetune: the last blocks of a features run (--init) on a "

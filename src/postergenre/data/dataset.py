@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,7 +80,7 @@ def read_text(path: Path, what: str) -> str:
                            f"offset {e.start}; rerun `data prepare`)") from None
 
 
-def load_genres(dataset: str | Path) -> list[str]:
+def load_genres(dataset: str | os.PathLike) -> list[str]:
     path = Path(dataset) / "genres.json"
     if not path.is_file():
         raise DatasetError(f"{dataset}: not a dataset folder (no genres.json; run `data prepare`)")
@@ -94,7 +95,7 @@ def load_genres(dataset: str | Path) -> list[str]:
     return genres
 
 
-def load_split(dataset: str | Path, name: str, allow_empty: bool | None = None) -> Split:
+def load_split(dataset: str | os.PathLike, name: str, allow_empty: bool | None = None) -> Split:
     """Read DATASET/<name>.csv into a Split.
 
     An empty train or val split is an error (see NEEDED) unless `allow_empty` is True;

@@ -121,7 +121,7 @@ def read_poster_links(path: str | os.PathLike) -> tuple[list[PosterLink], list[F
             reason = f"not an http(s) URL: {url[:80]!r}"
         if reason:
             problems.append(Failure(imdb_id, title, url, reason, row))
-        elif imdb_id not in seen:
+        elif imdb_id is not None and imdb_id not in seen:
             seen.add(imdb_id)
             links.append(PosterLink(imdb_id, title, url))
     if not links and not problems:
@@ -203,7 +203,7 @@ async def download_links(
     async with make_client(fetch_cfg) as client:
         workers = max(1, min(cfg.concurrency, len(links)))
         await asyncio.gather(*(worker(client) for _ in range(workers)))
-    order = {link.imdb_id: i for i, link in enumerate(links)}
+    order: dict[int | None, int] = {link.imdb_id: i for i, link in enumerate(links)}
     summary.failures.sort(key=lambda f: order[f.imdb_id])
     return summary
 

@@ -241,7 +241,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     ok, value = box.get()
     if not ok:
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def fetch(url: str, config: FetchConfig = FetchConfig()) -> bytes:

@@ -84,7 +84,7 @@ def open_poster(source: PosterSource, size: tuple[int, int] | None = None) -> Im
         reason = "truncated or corrupt image" if "truncated" in str(e).lower() else str(e)
         raise InvalidImageError(f"{name}: {reason or 'corrupt image'}") from None
     if size is not None:
-        image = image.resize((size[1], size[0]), Image.BILINEAR, reducing_gap=None)
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
     return image
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ def _key(name: str) -> str:
     return "".join(name.split()).lower()
 
 
-def read_labels(path: str | Path) -> Labels:
+def read_labels(path: str | os.PathLike) -> Labels:
     """Read a labels CSV (Kaggle 6-column or ``imdbId,Title,Genre``) into a Labels table.
 
     Raises DatasetError with a one-line reason when the file is missing, empty, not a CSV

@@ -38,10 +38,10 @@ def ap_vs_prevalence(genres: Sequence[str], ap: np.ndarray, prevalence: np.ndarr
     fig = _figure((7, 5))
     ax = fig.subplots()
     ok = ~np.isnan(ap) & (prevalence > 0)
-    for mask, style in ((ok & in_macro, dict(c="tab:blue", label="in macro averages")),
-                        (ok & ~in_macro, dict(c="tab:gray", label="too few positives"))):
-        ax.scatter(prevalence[mask], ap[mask], s=28, **style)
-    for j in np.flatnonzero(ok):
+    for mask, color, label in ((ok & in_macro, "tab:blue", "in macro averages"),
+                               (ok & ~in_macro, "tab:gray", "too few positives")):
+        ax.scatter(prevalence[mask], ap[mask], s=28, c=color, label=label)
+    for j in np.flatnonzero(ok).tolist():
         ax.annotate(genres[j], (prevalence[j], ap[j]), fontsize=7, xytext=(3, 2),
                     textcoords="offset points")
     lo = max(prevalence[ok].min() / 2, 1e-4) if ok.any() else 1e-3

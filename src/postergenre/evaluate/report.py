@@ -78,11 +78,12 @@ def _poster_cards(indices: Sequence[int], y_true: np.ndarray, scores: np.ndarray
         uri = _thumbnail(paths[i])
         if uri is None:
             continue
-        top = np.argsort(-scores[i])[:3]
+        top = np.argsort(-scores[i])[:3].tolist()
         predicted = ", ".join(
             f'<span class={"hit" if y_true[i, j] else "miss"}>{html.escape(genres[j])} '
             f"({scores[i, j]:.2f})</span>" for j in top)
-        true = ", ".join(html.escape(genres[j]) for j in np.flatnonzero(y_true[i])) or "—"
+        true = ", ".join(html.escape(genres[j])
+                         for j in np.flatnonzero(y_true[i]).tolist()) or "—"
         title = html.escape(titles[i] or os.path.basename(str(paths[i])))
         cards.append(f'<div class=card><img alt="{title}" src="{uri}"><div class=title>{title}'
                      f"</div><div>{predicted}</div><div class=muted>true: {true}</div></div>")

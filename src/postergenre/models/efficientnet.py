@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -54,6 +55,9 @@ def pretrained_path(variant: str) -> str:
 class Standardize(nn.Module):
     """(x - mean) / std with fixed statistics (buffers saved with the head)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -82,6 +86,9 @@ def make_head(in_dim: int, num_genres: int, head: str = "linear", hidden: int = 
 
 class EfficientNetLite(nn.Module):
     """Input (N, 3, H, W) in [0, 1] -> logits (N, num_genres)."""
+
+    norm_mean: torch.Tensor
+    norm_std: torch.Tensor
 
     def __init__(self, num_genres: int, variant: str = "lite0",
                  input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, pool: str = "mean",
@@ -159,7 +166,7 @@ class EfficientNetLite(nn.Module):
 
     def fit_head_statistics(self, features: torch.Tensor) -> None:
         """Fit the head's standardisation on the training features (before training it)."""
-        self.head[0].fit(features)
+        cast(Standardize, self.head[0]).fit(features)
 
     def cut_for(self, blocks: int) -> int:
         """Where to cut the backbone so that its last `blocks` blocks train on a cached trunk."""

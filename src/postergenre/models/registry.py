@@ -17,6 +17,7 @@ support "features" have `features(x)`, `feature_dim`, `head`, `fit_head_statisti
 `trained_keys()`; models that support "finetune" also `cut_for(blocks)`,
 `trunk_features(x, cut)`, `tail_logits(rows, cut, drop_connect)` and `trunk_id(cut)` (what
 the trunk depends on beyond the name and input size, in its cache key: '' for bundled weights).
+`PosterModel`, `FeatureModel` and `TrunkModel` spell these out for the type checker.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from postergenre.errors import PosterGenreError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -60,6 +62,37 @@ class ModelInfo:
 
     def default_mode(self, cuda: bool) -> str:
         return self.cuda_mode if cuda else self.cpu_mode
+
+
+class PosterModel(Protocol):
+    """The attributes every registered model has beside nn.Module's (its type for a checker:
+    `cast(PosterModel, model)`)."""
+
+    input_size: tuple[int, int]
+
+    def explain_layer(self) -> nn.Module: ...
+
+
+class FeatureModel(PosterModel, Protocol):
+    """A model that supports the "features" mode."""
+
+    feature_dim: int
+    head: nn.Module
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+    def fit_head_statistics(self, features: torch.Tensor) -> None: ...
+    def trained_keys(self) -> list[str]: ...
+
+
+class TrunkModel(PosterModel, Protocol):
+    """A model that supports the "finetune" mode."""
+
+    def cut_for(self, blocks: int) -> int: ...
+    def trunk_features(self, x: torch.Tensor, cut: int) -> torch.Tensor: ...
+    def tail_logits(self, rows: torch.Tensor, cut: int, drop_connect: float = 0.0
+                    ) -> torch.Tensor: ...
+    def trunk_id(self, cut: int) -> str: ...
+    def trained_keys(self) -> list[str]: ...
 
 
 def tensor_digest(tensors) -> str:

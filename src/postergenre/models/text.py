@@ -91,6 +91,7 @@ class TitleModel:
         self.idf: np.ndarray | None = None  # (2 * n_features,) word block, then char block
         self.coef: np.ndarray | None = None  # (G, n_columns)
         self.intercept: np.ndarray | None = None  # (G,)
+        self._coef_t: np.ndarray | None = None  # decision_function's transposed copy of coef
 
     # --- features -------------------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class TitleModel:
     def _features(self, titles: Sequence[str]) -> sp.csr_matrix:
         import scipy.sparse as sp
 
+        if self.idf is None:
+            raise RuntimeError("TitleModel is not fitted")
         x, years = self._hashed(titles)
         x.data *= self.idf[x.indices]
         _normalise_blocks(x, self.n_features)  # each block (words, characters) to unit L2
@@ -157,11 +160,11 @@ class TitleModel:
 
     def decision_function(self, titles: Sequence[str]) -> np.ndarray:
         """(n, G) float32 logits."""
-        if self.coef is None:
+        if self.coef is None or self.intercept is None:
             raise RuntimeError("TitleModel is not fitted")
         if len(titles) == 0:
             return np.zeros((0, len(self.genres)), np.float32)
-        if getattr(self, "_coef_t", None) is None or self._coef_t.shape[1] != len(self.genres):
+        if self._coef_t is None or self._coef_t.shape[1] != len(self.genres):
             self._coef_t = np.ascontiguousarray(self.coef.T)  # (features, G): no copy per call
         feats = self._features(list(titles))
         return np.asarray(feats @ self._coef_t, np.float32) + self.intercept
@@ -174,6 +177,8 @@ class TitleModel:
         genre's logit: the linear model's weight times the feature value, summed over the
         features a word makes (its unigram, its character n-grams, half of each word bigram
         it is in). Together with the intercept they add up to `decision_function(title)`."""
+        if self.coef is None:
+            raise RuntimeError("TitleModel is not fitted")
         feats = self._features([title]).tocsr()
         name, year = parse_title(title or "")
         words = re.findall(r"(?u)\b\w+\b", fold_title(name) if self.fold else name.lower())

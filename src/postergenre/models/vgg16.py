@@ -51,7 +51,7 @@ def make_features() -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = 3
     for v in CONFIG:
-        if v == "M":
+        if isinstance(v, str):  # "M"
             layers.append(nn.MaxPool2d(2, 2))
         else:
             layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=True)]
@@ -60,6 +60,10 @@ def make_features() -> nn.Sequential:
 
 
 class VGG16(nn.Module):
+    norm_order: torch.Tensor
+    norm_mean: torch.Tensor
+    norm_std: torch.Tensor
+
     def __init__(self, num_genres: int, input_size: tuple[int, int] = INPUT_SIZE,
                  backbone_weights: str | Path | None = None, hidden: int = 1024,
                  dropout: float = 0.5, normalization: str | None = None) -> None:

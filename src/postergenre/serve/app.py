@@ -202,8 +202,9 @@ async def read_uploads(request: Request, field: str, max_files: int, max_bytes: 
             if len(data) > max_bytes:
                 raise HTTPException(413, f"{name}: over the {max_bytes / MB:.3g} MB upload limit")
             uploads.append((name, data))
-        texts = form.getlist(text_field) if text_field else []
-        if any(not isinstance(t, str) for t in texts):
+        fields = form.getlist(text_field) if text_field else []
+        texts = [t for t in fields if isinstance(t, str)]
+        if len(texts) < len(fields):
             raise HTTPException(422, f"form field {text_field!r} must be text, not a file")
         if any(len(t) > MAX_TITLE_CHARS for t in texts):
             raise HTTPException(422, f"form field {text_field!r}: a title is at most "

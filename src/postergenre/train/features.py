@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 
 from postergenre.data.images import load_poster_array, to_tensor
 from postergenre.errors import DatasetError, InvalidImageError
+from postergenre.models.registry import FeatureModel, TrunkModel
 from postergenre.paths import cache_dir
 from postergenre.progress import SILENT, Progress
 from postergenre.train import distributed
@@ -122,8 +124,8 @@ class _FeatureModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cut is not None:
-            return self.model.trunk_features(x, self.cut)
-        return self.model.features(x)
+            return cast(TrunkModel, self.model).trunk_features(x, self.cut)
+        return cast(FeatureModel, self.model).features(x)
 
 
 class _TorchFeatures:
@@ -181,17 +183,17 @@ def cache_features(paths: Sequence[str | os.PathLike], spec: FeatureSpec = Featu
     """
     if rank is None or world is None:
         rank, world = distributed.rank(), distributed.world_size()
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     cache = FeatureCache(spec, root)
-    digests = [sha1_file(p) if p.is_file() else b"" for p in paths]
-    errors = [f"{p}: no such file" for p, d in zip(paths, digests, strict=True) if not d]
+    digests = [sha1_file(p) if p.is_file() else b"" for p in files]
+    errors = [f"{p}: no such file" for p, d in zip(files, digests, strict=True) if not d]
     cached = cache.load()
     first = sorted({d: i for i, d in reversed(list(enumerate(digests))) if d}.values())
     todo = [i for i in first[rank::world] if digests[i] not in cached]  # a stable share
     if not todo:
         return errors
     extractor = make_extractor(spec, backend, model)
-    todo_paths = [paths[i] for i in todo]
+    todo_paths = [files[i] for i in todo]
     done_digests: list[bytes] = []
     done_rows: list[np.ndarray] = []
     task = f"features {spec.key}"

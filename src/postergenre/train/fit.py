@@ -15,11 +15,12 @@ before or after the poster model finished, ends complete with `resume=True`.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from postergenre.data.dataset import Split, load_split
 from postergenre.errors import PosterGenreError, RunError
 from postergenre.io import ensure_writable_dir, load_weights
 from postergenre.models import create_model, model_info
+from postergenre.models.registry import FeatureModel, PosterModel, TrunkModel
 from postergenre.progress import SILENT, Progress
 from postergenre.run import TENSORBOARD, WEIGHTS, RunConfig, holds_run, load_run, write_config
 from postergenre.train import distributed
@@ -35,6 +37,9 @@ from postergenre.train.engine import run_epochs
 from postergenre.train.recipes import DECODE_WORKERS, FEATURES_HEAD, TrainConfig, check_config
 from postergenre.train.sources import SOURCES
 from postergenre.train.text import fit_and_save
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 # The title model's settings (train/text.py, models/text.py): the shipped model's.
 TITLE_SETTINGS: dict[str, Any] = {"C": 1.0}
@@ -89,7 +94,8 @@ def _build(config: TrainConfig, genres: list[str], dataset: str | Path
     if extra and getattr(model, "normalization", None) and "normalization" not in kwargs:
         kwargs["normalization"] = model.normalization  # what fits the weights: on record
     if config.mode == "finetune":
-        model.cut_for(config.trainable_blocks)  # a one-line error for an impossible number
+        # a one-line error for an impossible number
+        cast(TrunkModel, model).cut_for(config.trainable_blocks)
     if from_init:
         load_weights(model, start.path / WEIGHTS, partial=True)
     return model, kwargs
@@ -149,27 +155,27 @@ def fit(dataset: str | Path | None, out: str | Path, config: TrainConfig | None 
                   file=sys.stderr)
         if distributed.is_main() and not resume:
             ensure_writable_dir(out)
-            partial = config.mode != "end-to-end" and len(model.trained_keys()) < len(
+            partial = config.mode != "end-to-end" and len(
+                cast("FeatureModel | TrunkModel", model).trained_keys()) < len(
                 model.state_dict())  # vgg16's finetune run stores every tensor
             write_config(out, RunConfig(
                 model=config.model, model_kwargs=kwargs, genres=tuple(train.genres),
-                input_size=(int(model.input_size[0]), int(model.input_size[1])),
+                input_size=cast(PosterModel, model).input_size,
                 dataset=str(dataset), partial_weights=partial, train=config.to_dict()))
         distributed.barrier()
-        options = {"progress": progress}
+        options: dict[str, Any] = {"progress": progress}
         if config.mode == "end-to-end":
             options = {"device": dev, "cache": cache, "workers": workers}
         else:
             options.update(backend=backend, cache_root=cache_root)
         source = SOURCES[config.mode](model, train, val, config, **options)
-        log = _tensorboard(out) if tensorboard and distributed.is_main() else None
+        writer = _tensorboard(out) if tensorboard and distributed.is_main() else None
         state = run_epochs(source, out, config, resume=resume, progress=progress,
                            time_limit=time_limit, on_epoch_end=on_epoch_end,
-                           log=log and (lambda key, r: [log.add_scalar(k, r[k], r["epoch"])
-                                                        for k in ("train_loss", "val_macro_ap",
-                                                                  "lr")]))
-        if log is not None:
-            log.close()
+                           log=None if writer is None
+                           else functools.partial(_log_scalars, writer))
+        if writer is not None:
+            writer.close()
         text, text_s = None, 0.0
         if (config.titles if titles is None else titles) and not state.get("stopped") \
                 and distributed.is_main() and has_titles(train) and has_titles(val):
@@ -208,11 +214,17 @@ def _check_options(mode: str, **given: Any) -> None:
             raise PosterGenreError(f"{flag} does not apply to {mode} training; drop the option")
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path) -> SummaryWriter:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise PosterGenreError("--tensorboard needs TensorBoard: pip install "
                                "'postergenre[tensorboard]'") from None
     return SummaryWriter(str(out / TENSORBOARD))
+
+
+def _log_scalars(writer: SummaryWriter, key: str, record: dict[str, Any]) -> None:
+    """An epoch's record in TensorBoard."""
+    for k in ("train_loss", "val_macro_ap", "lr"):
+        writer.add_scalar(k, record[k], record["epoch"])
 

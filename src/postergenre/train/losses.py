@@ -31,6 +31,8 @@ class AsymmetricLoss(nn.Module):
     """ASL: focusing exponents gamma_neg > gamma_pos down-weight easy negatives, and negatives
     whose probability is below `clip` are ignored (probability shifting)."""
 
+    pos_weight: torch.Tensor | None
+
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
                  pos_weight: torch.Tensor | None = None, eps: float = 1e-8) -> None:
         super().__init__()
@@ -50,6 +52,8 @@ class AsymmetricLoss(nn.Module):
 
 class BCELoss(nn.Module):
     """BCE with logits, positive terms weighted per genre when `pos_weight` is given."""
+
+    pos_weight: torch.Tensor | None
 
     def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()

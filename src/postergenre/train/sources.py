@@ -21,8 +21,8 @@ and rank 0 writes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from torch import nn
 
 from postergenre.data.dataset import Split
 from postergenre.models import model_info
+from postergenre.models.registry import FeatureModel, PosterModel, TrunkModel
 from postergenre.progress import SILENT, Progress
 from postergenre.train import distributed
 from postergenre.train.augment import apply_affine, random_affine
@@ -78,7 +79,7 @@ def sampler_of(labels: np.ndarray, config: TrainConfig, rank: int = 0, world: in
 def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
                device: torch.device, cache: bool = True, workers: int = 2) -> Source:
     rank, world = distributed.rank(), distributed.world_size()
-    size = tuple(model.input_size)
+    size = cast(PosterModel, model).input_size
     arrays: dict[str, np.ndarray] = {}
     for turn in (True, False):  # rank 0 fills the disk cache; the other ranks then read it
         if distributed.is_main() == turn:
@@ -88,7 +89,8 @@ def end_to_end(model: nn.Module, train: Split, val: Split, config: TrainConfig,
     x_train, x_val = arrays["train"], arrays["val"]
     y_train = torch.tensor(train.labels)  # a copy: the split's array is read-only
 
-    model.to(device, memory_format=torch.channels_last)
+    # Module.to takes memory_format; torch's overloads omit it
+    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -122,8 +124,9 @@ def cached_features(model: nn.Module, train: Split, val: Split, config: TrainCon
     """The head on cached features; with `config.flip` the mirrored posters' features double
     the training set and the val features are the mean of a poster's and its mirror's."""
     extract = _feature_options(options, progress)
-    dim = model.feature_dim
-    spec = FeatureSpec(config.model, tuple(model.input_size), "multi")
+    features_of = cast(FeatureModel, model)
+    dim = features_of.feature_dim
+    spec = FeatureSpec(config.model, features_of.input_size, "multi")
 
     def features(split: Split, flip: bool = False) -> np.ndarray:
         return extract_features(split.paths, spec.mirrored(flip), **extract)[:, :dim]
@@ -133,9 +136,9 @@ def cached_features(model: nn.Module, train: Split, val: Split, config: TrainCon
         x_train = np.concatenate([x_train, features(train, True)])
         y_train = np.concatenate([y_train, y_train])
         x_val = (x_val + features(val, True)) / 2
-    model.fit_head_statistics(torch.from_numpy(x_train))
-    return head_on_arrays(model, model.head, x_train, y_train, x_val, val.labels, config,
-                          train.genres, keys=model.trained_keys())
+    features_of.fit_head_statistics(torch.from_numpy(x_train))
+    return head_on_arrays(model, features_of.head, x_train, y_train, x_val, val.labels, config,
+                          train.genres, keys=features_of.trained_keys())
 
 
 def head_on_arrays(model: nn.Module, head: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
@@ -170,9 +173,10 @@ def cached_trunk(model: nn.Module, train: Split, val: Split, config: TrainConfig
     the model's frozen part); each training poster is seen plain or mirrored at random (plain
     only where the registry caches no mirrored trunk), batch-norm statistics stay as they were."""
     extract = dict(_feature_options(options, progress), dtype=np.float16, model=model)
-    cut = model.cut_for(config.trainable_blocks)
-    spec = FeatureSpec(config.model, tuple(model.input_size), "multi", cut=cut,
-                       weights=model.trunk_id(cut))
+    trunk = cast(TrunkModel, model)
+    cut = trunk.cut_for(config.trainable_blocks)
+    spec = FeatureSpec(config.model, trunk.input_size, "multi", cut=cut,
+                       weights=trunk.trunk_id(cut))
     flips = (False, True) if model_info(config.model).finetune_mirrors else (False,)
     rows = {flip: extract_features(train.paths, spec.mirrored(flip), **extract) for flip in flips}
     val_rows = extract_features(val.paths, spec, **extract)
@@ -188,12 +192,13 @@ def cached_trunk(model: nn.Module, train: Split, val: Split, config: TrainConfig
             yield torch.from_numpy(batch.astype(np.float32)), y[idx]
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        return model.tail_logits(batch, cut, config.drop_connect)
+        return trunk.tail_logits(batch, cut, config.drop_connect)
 
     return Source(model, forward, batches, sampler.steps(config.batch_size),
-                  lambda: probs_of(lambda r: model.tail_logits(r, cut), val_rows),
-                  train.labels, val.labels, train.genres, keys=model.trained_keys(),
+                  lambda: probs_of(lambda r: trunk.tail_logits(r, cut), val_rows),
+                  train.labels, val.labels, train.genres, keys=trunk.trained_keys(),
                   train_mode=lambda: _frozen_statistics(model))
 
 
-SOURCES = {"end-to-end": end_to_end, "features": cached_features, "finetune": cached_trunk}
+SOURCES: dict[str, Callable[..., Source]] = {
+    "end-to-end": end_to_end, "features": cached_features, "finetune": cached_trunk}
