@@ -32,15 +32,8 @@ import numpy as np
 import pyarrow as pa
 
 from postergenre.batch import BATCH_SIZE, PART_ROWS
-from postergenre.batch.catalogue import (
-    Columns,
-    Row,
-    Summary,
-    load_image,
-    open_output,
-    read_rows,
-    score_rows,
-)
+from postergenre.batch import catalogue as cat
+from postergenre.batch.catalogue import Columns, Row, Summary
 from postergenre.batch.local import PART_SECONDS
 from postergenre.data.fetch import FetchConfig, fetch_many, is_url
 from postergenre.errors import PosterGenreError
@@ -90,7 +83,7 @@ def _decode(batch: dict[str, np.ndarray], *, fetch: FetchConfig, size: tuple[int
     errors = [""] * len(rows)
     images = np.zeros((len(rows), *size, 3), np.uint8)
     for k, row in enumerate(rows):
-        image = load_image(row, bodies.get(k), size)
+        image = cat.load_image(row, bodies.get(k), size)
         if isinstance(image, str):
             errors[k] = image
         else:
@@ -112,7 +105,7 @@ class _Score:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images: list[np.ndarray | str] = [
             error or batch["image"][k] for k, error in enumerate(batch["error"])]
-        return score_rows(self.predictor, _rows_of(batch), images, top_k=self.top_k)
+        return cat.score_rows(self.predictor, _rows_of(batch), images, top_k=self.top_k)
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -271,13 +264,13 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
         _check_reachable(address)
     run = load_run(Path(model) if model is not None else None)
     fetch = fetch or FetchConfig()
-    with open_output(catalogue, out, run_dir=run.path, genres=run.genres, columns=columns,
+    with cat.open_output(catalogue, out, run_dir=run.path, genres=run.genres, columns=columns,
                      posters=posters, retry_failed=retry_failed) as output:
         skipped = len(output.skip)
         if on_progress is not None and skipped:
             on_progress(skipped)
         count = [0]
-        todo = _todo(read_rows(catalogue, columns, posters), output.skip, count)
+        todo = _todo(cat.read_rows(catalogue, columns, posters), output.skip, count)
         window = _take(todo, WINDOW_ROWS)
         scored = 0
         if window:  # nothing to do starts no Ray
