@@ -166,6 +166,8 @@ def write_trainval(dataset: str | Path, out: str | Path) -> Path:
     """A copy of DATASET whose train split is its train and val tables concatenated (for a final
     fit on both); val and test are kept as they are, so evaluation still works. Rows are
     copied as written, posters stay where they are. Returns `out`."""
+    import pandas as pd
+
     dataset, out = Path(dataset), Path(out)
     if out.resolve() == dataset.resolve():
         raise DatasetError(f"{out}: is the input dataset; the train + val copy needs a folder "
