@@ -41,8 +41,8 @@ from postergenre.run import Run, load_run
 
 WINDOW_ROWS = 50_000  # rows per Ray Data execution: bounds the driver's memory
 DECODE_CPUS = 0.5  # per fetch+decode task: it mostly waits on the network
-BLOCK_ROWS = 128  # rows per Ray task and actor call: at 32, Ray's per-block cost cut the
-# rate to 0.52x the local engine's on 2 cores; at 128, 0.71x (docs/batch.md)
+BLOCK_ROWS = 256  # rows per Ray task and actor call (and the actor's scoring batch): at 32,
+# Ray's per-block costs held 1 actor to 0.52x the local engine's rate on 2 cores; 0.62x at 256
 CONNECT_TIMEOUT_S = 5.0  # --ray-address must answer within this
 
 
@@ -229,18 +229,20 @@ class _Stages:
     batch_size: int
     top_k: int
     actors: int
+    part_rows: int
 
     def run(self, ray: Any, rows: list[Row]) -> Iterator[pa.Table]:
         """One Ray Data execution over `rows`: output tables of one batch each, in order."""
         table = _rows_table(rows)
-        step = max(self.batch_size, BLOCK_ROWS)  # rows per Ray task and actor call
+        # rows per Ray task and actor call: never more than a part, so parts keep their pace
+        step = min(max(self.batch_size, BLOCK_ROWS), max(self.part_rows, self.batch_size))
         blocks = [table.slice(i, step) for i in range(0, len(table), step)]
         ds = (ray.data.from_arrow(blocks)
               .map_batches(_decode, fn_kwargs={"fetch": self.fetch, "size": self.size},
                            batch_size=step, batch_format="numpy", num_cpus=DECODE_CPUS)
               .map_batches(_Score, fn_constructor_kwargs={
                                "model": self.model, "backend": self.backend,
-                               "batch_size": self.batch_size, "top_k": self.top_k},
+                               "batch_size": step, "top_k": self.top_k},
                            compute=ray.data.ActorPoolStrategy(size=self.actors),
                            batch_size=step, batch_format="numpy", num_cpus=1))
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
@@ -279,7 +281,7 @@ def run_ray(catalogue: str | os.PathLike, out: str | os.PathLike, *,
             _check_model(run, backend, batch_size)
             stage = _Stages(model=None if model is None else str(run.path), backend=backend,
                             fetch=fetch, size=run.input_size, batch_size=batch_size,
-                            top_k=top_k, actors=actors)
+                            top_k=top_k, actors=actors, part_rows=part_rows)
             with ray_connection(address, actors), _quiet_data(ray), _ray_errors(ray):
                 _check_cpus(ray, actors)
                 pending: list[pa.Table] = []
