@@ -312,3 +312,24 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def threaded_http_server() -> Iterator[Any]:
+    """A pytest-httpserver on 127.0.0.1 that answers requests in parallel, one per module."""
+    from pytest_httpserver import HTTPServer
+
+    srv = HTTPServer(host="127.0.0.1", threaded=True)
+    srv.start()
+    yield srv
+    srv.clear()
+    if srv.is_running():
+        srv.stop()
+
+
+@pytest.fixture
+def http(threaded_http_server: Any) -> Any:
+    """The module's threaded server, its expectations cleared for this test."""
+    threaded_http_server.clear()
+    return threaded_http_server
+

@@ -35,22 +35,6 @@ FAST = DownloadConfig(concurrency=4, timeout=5, retries=1, backoff=0.01)
 
 
 @pytest.fixture(scope="module")
-def server():
-    srv = HTTPServer(host="127.0.0.1", threaded=True)
-    srv.start()
-    yield srv
-    srv.clear()
-    if srv.is_running():
-        srv.stop()
-
-
-@pytest.fixture
-def http(server: HTTPServer) -> HTTPServer:
-    server.clear()
-    return server
-
-
-@pytest.fixture(scope="module")
 def posters(tmp_path_factory) -> dict[int, bytes]:
     """Ten small synthetic JPEG posters by id."""
     folder = tmp_path_factory.mktemp("src")

@@ -18,22 +18,6 @@ FAST = FetchConfig(concurrency=4, timeout=5, deadline=5, retries=1, backoff=0.01
 BODY = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8  # bytes; decoding is not the fetcher's
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[HTTPServer]:
-    srv = HTTPServer(host="127.0.0.1", threaded=True)
-    srv.start()
-    yield srv
-    srv.clear()
-    if srv.is_running():
-        srv.stop()
-
-
-@pytest.fixture
-def http(server: HTTPServer) -> HTTPServer:
-    server.clear()
-    return server
-
-
 def image(body: bytes = BODY, delay: float = 0.0) -> Callable[[Request], Response]:
     def handler(request: Request) -> Response:
         time.sleep(delay)
