@@ -333,3 +333,22 @@ def http(threaded_http_server: Any) -> Any:
     threaded_http_server.clear()
     return threaded_http_server
 
+
+def raw_tcp_server(on_connection: Any) -> tuple[str, socket.socket]:
+    """A TCP server on 127.0.0.1 that hands every accepted connection to `on_connection` (then
+    closes it), for replies no HTTP server would send; returns its base URL and the listening
+    socket (close it to stop the server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                on_connection(conn)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener
+

@@ -12,12 +12,11 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_poster
+from conftest import make_poster, raw_tcp_server
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -121,31 +120,23 @@ def test_rerun_replaces_invalid_posters_and_removes_stale_temp_files(tmp_path, h
 def resetter(posters):
     """A raw TCP server that aborts connections with a RST: always on /always, on the first
     request only on other paths (later ones get a poster)."""
-    listener = socket.create_server(("127.0.0.1", 0))
     seen: list[str] = []
 
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                request = b""
-                while b"\r\n\r\n" not in request and (chunk := conn.recv(4096)):
-                    request += chunk
-                path = request.split(b" ")[1].decode() if request else ""
-                seen.append(path)
-                if path == "/always" or seen.count(path) == 1:
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    continue
-                body = posters[1]
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close"
-                             b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    def answer(conn: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request and (chunk := conn.recv(4096)):
+            request += chunk
+        path = request.split(b" ")[1].decode() if request else ""
+        seen.append(path)
+        if path == "/always" or seen.count(path) == 1:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        body = posters[1]
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    url, listener = raw_tcp_server(answer)
+    yield url
     listener.close()
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from conftest import raw_tcp_server
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -28,20 +29,11 @@ def image(body: bytes = BODY, delay: float = 0.0) -> Callable[[Request], Respons
 def raw_server(reply: bytes) -> str:
     """A server that answers every connection with `reply` and closes it (for bodies shorter
     than their Content-Length)."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    def answer(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(reply)
 
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(reply)
-
-    threading.Thread(target=loop, daemon=True).start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}/p.jpg"
+    return raw_tcp_server(answer)[0] + "/p.jpg"
 
 
 def test_a_body_comes_back_whole(http: HTTPServer) -> None:
